@@ -1,0 +1,236 @@
+"""Image datasets and their loaders: cifar10/cifar100/stl10 (torchvision), path (ImageFolder),
+imagenet (ImageFolder train/ and val/), and digits (scikit-learn's bundled 8x8 digits, offline).
+
+Training loaders draw every sample's augmentation from its own seed, a function of (run seed,
+epoch, index): a run is reproducible whatever --num_workers or the number of processes."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import datasets as tvd
+
+from augment import eval_transform
+from util import UserError
+
+MEAN_STD = {
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    'cifar100': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    'stl10': ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'digits': ((0.3049,) * 3, (0.3234,) * 3),
+}
+
+
+def mean_std(args):
+    """--mean/--std when given, else the dataset's statistics (ImageNet's for a custom folder)."""
+    if args.mean is not None:
+        return args.mean, args.std
+    if args.dataset == 'path':
+        print('note: --dataset path without --mean/--std: normalising with ImageNet statistics')
+        return MEAN_STD['imagenet']
+    return MEAN_STD[args.dataset]
+
+
+def has_eval_split(args):
+    return args.dataset != 'path' or args.test_folder is not None
+
+
+def eval_view(args):
+    """The evaluation transform of --dataset: ImageNet resizes to size/0.875 then centre-crops."""
+    mean, std = mean_std(args)
+    return eval_transform(args.size, mean, std, resize=int(args.size / 0.875) if args.dataset == 'imagenet' else None)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class Digits(Dataset):
+    """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package, no download),
+    upsampled to 32x32 RGB so they pass through the same pipelines as CIFAR. A fixed split:
+    1,437 training and 360 test images."""
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, train=True, transform=None):
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        order = np.random.default_rng(0).permutation(len(digits.target))
+        order = order[:1437] if train else order[1437:]
+        pixels = (digits.images[order] * (255 / 16)).astype(np.uint8)
+        self.images = [Image.fromarray(p).resize((32, 32), Image.BILINEAR).convert('RGB') for p in pixels]
+        self.targets = digits.target[order].tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+def load_image(path):
+    """ImageFolder's loader, with an unreadable file reported by name."""
+    try:
+        with Image.open(path) as img:
+            return img.convert('RGB')
+    except (OSError, ValueError) as e:
+        raise UserError(f'cannot read image {path}: {e}; remove or replace the file')
+
+
+def image_folder(root, transform, what):
+    if not os.path.isdir(root):
+        raise UserError(f'{what} {root} does not exist; it must hold one sub-folder of images per class')
+    try:
+        return tvd.ImageFolder(root, transform=transform, loader=load_image)
+    except FileNotFoundError as e:
+        raise UserError(f'{what} {root} holds no images: {e}')
+
+
+def torchvision_set(cls, args, transform, **split):
+    name = cls.__name__
+    try:
+        return cls(args.data_folder, transform=transform, download=False, **split)
+    except RuntimeError:
+        pass  # not there yet
+    if not args.download:
+        raise UserError(f'{name} is not in {args.data_folder}; drop --no-download or point --data_folder at it')
+    try:
+        return cls(args.data_folder, transform=transform, download=True, **split)
+    except Exception as e:  # no network, refused, disk full: all say the same to the user
+        raise UserError(f'{name} is not in {args.data_folder} and downloading it failed '
+                        f'({type(e).__name__}: {e}); copy it there or point --data_folder at it')
+
+
+def image_dataset(args, train, transform):
+    """The training (train=True) or evaluation split of --dataset with the given transform."""
+    d = args.dataset
+    if d == 'cifar10':
+        return torchvision_set(tvd.CIFAR10, args, transform, train=train)
+    if d == 'cifar100':
+        return torchvision_set(tvd.CIFAR100, args, transform, train=train)
+    if d == 'stl10':
+        return torchvision_set(tvd.STL10, args, transform, split='train' if train else 'test')
+    if d == 'digits':
+        return Digits(train, transform)
+    if d == 'imagenet':
+        split = 'train' if train else 'val'
+        return image_folder(os.path.join(args.data_folder, split), transform, f'--data_folder/{split}')
+    if d == 'path':
+        if train:
+            return image_folder(args.data_folder, transform, '--data_folder')
+        if args.test_folder is None:
+            raise UserError('--dataset path needs --test_folder for evaluation')
+        return image_folder(args.test_folder, transform, '--test_folder')
+    raise UserError(f'unknown dataset {d!r}')
+
+
+def dataset_labels(dataset):
+    return dataset.labels if hasattr(dataset, 'labels') else dataset.targets  # STL10 says labels
+
+
+def num_classes(args, dataset):
+    """Classes of the training split; --num_classes, when given, must agree."""
+    n = len(dataset.classes) if hasattr(dataset, 'classes') else int(max(dataset_labels(dataset))) + 1
+    given = getattr(args, 'num_classes', None)
+    if given is not None and given != n:
+        raise UserError(f'--num_classes {given} but {args.dataset} {args.data_folder} has {n} classes')
+    return n
+
+
+# ----------------------------------------------------------------------------- loaders
+
+class SeededSampler(Sampler):
+    """Shuffles (or not) once per epoch with a seed shared by every rank; rank r takes every
+    world-th index, so the union of one step's per-rank batches is one contiguous slice of the
+    global order. Yields (index, per-sample seed) pairs for SeededDataset."""
+
+    def __init__(self, n, seed, shuffle=True, rank=0, world=1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+        self.per_rank = -(-n // world)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.per_rank
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        order = torch.cat([order, order[:self.per_rank * self.world - self.n]])  # pad like DistributedSampler
+        mine = order[self.rank::self.world].tolist()
+        base = (self.seed * 1_000_003 + self.epoch) * self.n
+        return iter([(i, (base + i) % 2**63) for i in mine])
+
+
+class SeededDataset(Dataset):
+    """Runs the wrapped dataset's transform under the sample's own seed."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def train_loader(dataset, args):
+    """Shuffled, per-sample-seeded loader of the per-rank share of --batch_size."""
+    sampler = SeededSampler(len(dataset), args.data_seed, True, args.rank, args.world_size)
+    return DataLoader(SeededDataset(dataset), batch_size=args.batch_size // args.world_size,
+                      sampler=sampler, **_loader_kwargs(args))
+
+
+class ShardSampler(Sampler):
+    """Indices rank, rank+world, ... in order, without padding (evaluation)."""
+
+    def __init__(self, n, rank=0, world=1):
+        self.indices = list(range(rank, n, world))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def eval_loader(dataset, args):
+    batch = max(args.batch_size_val // args.world_size, 1)
+    return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), args.rank, args.world_size),
+                      **_loader_kwargs(args))
+
+
+def _loader_kwargs(args):
+    return dict(num_workers=args.num_workers, pin_memory=args.device.type == 'cuda',
+                persistent_workers=args.num_workers > 0)
+
+
+def data_seed(args):
+    """The seed every rank's sampler agrees on: --seed, or a random one from rank 0."""
+    if args.seed is not None:
+        return args.seed
+    seed = torch.randint(2**31 - 1, ()).to(args.device)
+    if args.world_size > 1:
+        torch.distributed.broadcast(seed, 0)
+    return int(seed)
+
+
+def knn_loaders(args):
+    """(bank, test) loaders for the kNN monitor, or None when it is off. --knn_freq defaults to
+    10 epochs where the dataset has an evaluation split."""
+    if args.knn_freq is None:
+        args.knn_freq = 10 if has_eval_split(args) else 0
+    if args.knn_freq <= 0:
+        return None
+    if not has_eval_split(args):
+        raise UserError('--knn_freq needs an evaluation split: give --test_folder (or --knn_freq 0)')
+    view = eval_view(args)
+    return (eval_loader(image_dataset(args, True, view), args),
+            eval_loader(image_dataset(args, False, view), args))

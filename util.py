@@ -1,0 +1,538 @@
+"""Small helpers every script shares: options, schedules, meters, distributed set-up, mixed
+precision, checkpoints, logging, kNN monitoring and the one-line error exit."""
+import argparse
+import ast
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.resnet_big import build_trunk, default_stem
+
+
+# ----------------------------------------------------------------------------- errors
+
+class UserError(Exception):
+    """A mistake the user can fix: reported as one line, exit status 2, no traceback."""
+
+
+def run(main):
+    """Run a script's main(); a UserError (also one raised in a data-loader worker) ends the
+    process with one line on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        # A worker's exception comes back wrapped with its traceback: keep the message only.
+        msg = str(e).strip().splitlines()[-1]
+        msg = msg.split('UserError: ', 1)[-1]
+        print(f'error: {msg}', file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- options
+
+def parse_floats(text, name):
+    """'(0.4914, 0.4822, 0.4465)' or '0.49,0.48,0.45' -> tuple of floats."""
+    try:
+        value = ast.literal_eval(text if ',' in text else f'({text},)')
+        return tuple(float(v) for v in (value if isinstance(value, (tuple, list)) else [value]))
+    except (ValueError, SyntaxError, TypeError):
+        raise UserError(f'{name} must be numbers such as "(0.485, 0.456, 0.406)", got {text!r}')
+
+
+def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr_decay_rate,
+                       weight_decay, epochs):
+    """Options every script shares, with SupContrast's spellings; each script passes its defaults."""
+    g = parser.add_argument_group('run')
+    g.add_argument('--print_freq', type=int, default=10, help='print every N steps')
+    g.add_argument('--save_freq', type=int, default=50, help='keep ckpt_epoch_N.pth every N epochs')
+    g.add_argument('--num_workers', '--workers', '-j', type=int, default=16, help='data-loading workers per process')
+    g.add_argument('--trial', type=str, default='0', help='id appended to the run name')
+    g.add_argument('--seed', type=int, default=None, help='seed every RNG (per process: seed + rank)')
+    g.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
+                   help='continue from CKPT, or from the run folder\'s last.pth when no path is given')
+    g.add_argument('--save_root', type=str, default='./save', help='root of the save/ folders')
+    g.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
+    g.add_argument('--syncBN', action='store_true', help='synchronise BatchNorm across processes')
+
+    g = parser.add_argument_group('optimisation')
+    g.add_argument('--batch_size', '-b', type=int, default=batch_size, help='global batch size (all processes)')
+    g.add_argument('--epochs', type=int, default=epochs)
+    g.add_argument('--learning_rate', '--lr', type=float, default=learning_rate)
+    g.add_argument('--lr_decay_epochs', type=str, default=lr_decay_epochs, help='step schedule milestones, e.g. 700,800,900')
+    g.add_argument('--lr_decay_rate', type=float, default=lr_decay_rate)
+    g.add_argument('--weight_decay', '--wd', type=float, default=weight_decay)
+    g.add_argument('--momentum', type=float, default=0.9)
+    g.add_argument('--cosine', '--cos', action='store_true', help='cosine schedule down to lr * rate^3')
+    g.add_argument('--warm', action='store_true', help='linear warm-up from 0.01 over 10 epochs')
+
+    g = parser.add_argument_group('data')
+    g.add_argument('--dataset', type=str, default='cifar10',
+                   choices=['cifar10', 'cifar100', 'stl10', 'path', 'imagenet', 'digits'])
+    g.add_argument('--data_folder', '--data', type=str, default=None, help='dataset root (default ./datasets/)')
+    g.add_argument('--test_folder', type=str, default=None, help='evaluation split of --dataset path')
+    g.add_argument('--mean', type=str, default=None, help='per-channel mean, e.g. "(0.4914, 0.4822, 0.4465)"')
+    g.add_argument('--std', type=str, default=None, help='per-channel std, with --mean')
+    g.add_argument('--size', type=int, default=32, help='crop size in pixels')
+    g.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
+                   help='download cifar10/cifar100/stl10 when missing')
+
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', type=str, default='resnet50', choices=['resnet18', 'resnet34', 'resnet50', 'resnet101'])
+    g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
+                   help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
+    g.add_argument('--width', type=int, default=64, help='channels of the first ResNet stage')
+
+
+def add_knn_options(parser):
+    g = parser.add_argument_group('kNN monitor')
+    g.add_argument('--knn_freq', type=int, default=None,
+                   help='weighted kNN accuracy of the trunk every N epochs (default 10 when the dataset has an evaluation split, 0 = off)')
+    g.add_argument('--knn_k', type=int, default=200)
+    g.add_argument('--knn_t', type=float, default=0.1)
+    g.add_argument('--batch_size_val', type=int, default=None, help='batch size for feature extraction')
+
+
+def finish_options(args, run_name, force_warm):
+    """Derived settings shared by all scripts: milestones, normalisation, stem, warm-up, folders."""
+    try:
+        args.lr_decay_epochs = [int(e) for e in str(args.lr_decay_epochs).split(',') if e.strip()]
+    except ValueError:
+        raise UserError(f'--lr_decay_epochs must be comma-separated integers, got {args.lr_decay_epochs!r}')
+    if (args.mean is None) != (args.std is None):
+        raise UserError('--mean and --std go together: give both or neither')
+    if args.mean is not None:
+        args.mean, args.std = parse_floats(args.mean, '--mean'), parse_floats(args.std, '--std')
+    if args.data_folder is None:
+        args.data_folder = './datasets/'
+    if args.stem is None:
+        args.stem = default_stem(args.size)
+    for name in ('batch_size', 'epochs', 'size', 'width'):
+        if getattr(args, name) < 1:
+            raise UserError(f'--{name} must be positive, got {getattr(args, name)}')
+
+    if force_warm and args.batch_size > 256:
+        args.warm = True  # large-batch runs warm up, as SupContrast does
+    if args.cosine:
+        run_name += '_cosine'
+    if args.warm:
+        run_name += '_warm'
+        args.warmup_from = 0.01
+        args.warm_epochs = 10
+        if args.cosine:
+            eta_min = args.learning_rate * args.lr_decay_rate ** 3
+            args.warmup_to = eta_min + (args.learning_rate - eta_min) * (
+                1 + math.cos(math.pi * args.warm_epochs / args.epochs)) / 2
+        else:
+            args.warmup_to = args.learning_rate
+    if args.width != 64:
+        run_name += f'_width_{args.width}'
+    args.run_name = run_name
+    return args
+
+
+def run_folders(args, method_folder):
+    """SupContrast's layout: save/<Method>/<dataset>_models/<run>/ and <dataset>_tensorboard/<run>/."""
+    root = os.path.join(args.save_root, method_folder)
+    args.save_folder = os.path.join(root, f'{args.dataset}_models', args.run_name)
+    args.tb_folder = os.path.join(root, f'{args.dataset}_tensorboard', args.run_name)
+
+
+def plain_args(args):
+    """The options as a plain dict of builtins, storable in a weights_only checkpoint."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def adjust_learning_rate(args, optimizer, epoch):
+    """Per-epoch schedule (epochs count from 1): cosine to lr*rate^3, or step decay by rate
+    after each milestone passed (strictly: epoch > milestone)."""
+    lr = args.learning_rate
+    if args.cosine:
+        eta_min = lr * args.lr_decay_rate ** 3
+        lr = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
+    else:
+        steps = sum(epoch > m for m in args.lr_decay_epochs)
+        lr = lr * args.lr_decay_rate ** steps
+    set_lr(optimizer, lr)
+    return lr
+
+
+def warmup_learning_rate(args, epoch, batch_id, total_batches, optimizer):
+    """Per-step linear warm-up from warmup_from to warmup_to over the first warm_epochs."""
+    if args.warm and epoch <= args.warm_epochs:
+        p = (batch_id + (epoch - 1) * total_batches) / (args.warm_epochs * total_batches)
+        set_lr(optimizer, args.warmup_from + p * (args.warmup_to - args.warmup_from))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+
+# ----------------------------------------------------------------------------- meters
+
+class AverageMeter:
+    """Running average. Accepts tensors without syncing the device: values are read (and the
+    host waits) only when .val or .avg is asked for, i.e. at print time."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self._val, self.sum, self.count = 0.0, 0.0, 0
+
+    def update(self, val, n=1):
+        if torch.is_tensor(val):
+            val = val.detach().float()
+        self._val = val
+        self.sum = self.sum + val * n
+        self.count += n
+
+    @property
+    def val(self):
+        return float(self._val)
+
+    @property
+    def avg(self):
+        return float(self.sum) / max(self.count, 1)
+
+
+class NonFiniteGuard:
+    """Remembers the first step whose loss was NaN/inf without a per-step host sync;
+    check() raises a UserError naming epoch and step."""
+
+    def __init__(self, device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss, step):
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self, epoch, last_good):
+        step = int(self.first_bad)
+        if step >= 0:
+            kept = f'last good checkpoint: {last_good}' if last_good else 'no checkpoint was written'
+            raise UserError(f'loss became non-finite at epoch {epoch}, step {step}; stopped ({kept}); '
+                            f'lower --learning_rate or check the data')
+
+
+def accuracy(output, target, topk=(1,)):
+    """Top-k accuracy in percent for each k."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, 1).indices
+    correct = pred.eq(target.view(-1, 1))
+    return [correct[:, :min(k, maxk)].any(1).float().mean() * 100 for k in topk]
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def init_distributed(args):
+    """One code path for CPU, one GPU, torchrun and SLURM srun. Sets args.rank, args.world_size,
+    args.device; NCCL on GPUs, gloo on CPU. --batch_size stays the global batch."""
+    env = os.environ
+    if 'RANK' in env and 'WORLD_SIZE' in env:  # torchrun
+        rank, world, local = int(env['RANK']), int(env['WORLD_SIZE']), int(env.get('LOCAL_RANK', 0))
+    elif int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1:  # srun, one task per GPU
+        rank, world, local = int(env['SLURM_PROCID']), int(env['SLURM_STEP_NUM_TASKS']), int(env['SLURM_LOCALID'])
+        if 'MASTER_ADDR' not in env:
+            hosts = subprocess.run(['scontrol', 'show', 'hostnames', env['SLURM_STEP_NODELIST']],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env['MASTER_ADDR'] = hosts[0]
+        env.setdefault('MASTER_PORT', str(29500 + int(env.get('SLURM_JOB_ID', 0)) % 1000))
+    else:
+        rank, world, local = 0, 1, 0
+    args.rank, args.world_size = rank, world
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        args.device = torch.device('cuda', local)
+        torch.backends.cudnn.benchmark = True
+        if world == 1 and torch.cuda.device_count() > 1 and rank == 0:
+            print(f'note: {torch.cuda.device_count()} GPUs visible, training on one; '
+                  f'use torchrun --nproc_per_node={torch.cuda.device_count()} to use them all')
+    else:
+        args.device = torch.device('cpu')
+    if world > 1:
+        dist.init_process_group('nccl' if args.device.type == 'cuda' else 'gloo',
+                                rank=rank, world_size=world)
+    if args.batch_size % world:
+        raise UserError(f'--batch_size {args.batch_size} is not divisible by the {world} processes')
+    if getattr(args, 'batch_size_val', None) is None:
+        args.batch_size_val = args.batch_size
+    if args.syncBN and world == 1 and rank == 0:
+        print('note: --syncBN has no effect with a single process')
+
+
+def is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def gather_with_grad(x):
+    """Concatenate x from all ranks along dim 0; gradients flow back to every rank's slice."""
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x), 0)
+
+
+@torch.no_grad()
+def gather(x):
+    """Concatenate x from all ranks along dim 0 (no gradient)."""
+    if world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, 0)
+
+
+def reduce_mean(x):
+    """Mean of a tensor over ranks (for logging)."""
+    if world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for CPU processes (gloo), where nn.SyncBatchNorm has no kernel: batch
+    statistics are summed over ranks with an autograd-aware all_reduce."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        c = x.shape[1]
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = dist_nn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1), self.momentum)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_sync_batchnorm(module, device):
+    """nn.SyncBatchNorm on GPUs; on CPU processes our all_reduce version with the same maths."""
+    if device.type == 'cuda':
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    out = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        out = _GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        out.load_state_dict(module.state_dict())
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, device))
+    return out
+
+
+def distribute(model, args):
+    """Move to the device (channels_last on CUDA), convert BN for --syncBN, wrap in DDP."""
+    if args.syncBN and args.world_size > 1:
+        model = convert_sync_batchnorm(model, args.device)
+    model = model.to(args.device)
+    if args.device.type == 'cuda':
+        model = model.to(memory_format=torch.channels_last)
+    if args.world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.device.index] if args.device.type == 'cuda' else None)
+    return model
+
+
+def unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def to_device(images, args):
+    """Copy a batch to the device, channels_last on CUDA."""
+    images = images.to(args.device, non_blocking=True)
+    if args.device.type == 'cuda' and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+# ----------------------------------------------------------------------------- precision, seeds
+
+def autocast(args):
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
+    return torch.autocast(args.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(args):
+    return torch.amp.GradScaler(args.device.type, enabled=args.amp == 'fp16')
+
+
+def set_seed(args):
+    if args.seed is not None:
+        seed = args.seed + args.rank
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {'python': list(random.getstate()[1]), 'python_gauss': random.getstate()[2],
+            'numpy': np_state[1].tolist(), 'numpy_pos': int(np_state[2]),
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate((3, tuple(state['python']), state['python_gauss']))
+    np.random.set_state(('MT19937', np.array(state['numpy'], dtype=np.uint32), state['numpy_pos']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None, **extra):
+    """Write DESIGN.md's checkpoint dict atomically (temporary file, then rename). Call on every
+    rank: each contributes its RNG state; rank 0 writes."""
+    rngs = [None] * world_size()
+    if world_size() > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if not is_main():
+        return
+    state = {'method': method, 'args': plain_args(args), 'epoch': epoch,
+             'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+             'scaler': scaler.state_dict() if scaler is not None else None, 'rng': rngs, **extra}
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, what='--ckpt'):
+    """Load one of our checkpoints on the CPU, or raise a UserError saying what is wrong."""
+    if not os.path.isfile(path):
+        raise UserError(f'{what} {path} does not exist')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # any unreadable file is the user's to fix
+        raise UserError(f'{what} {path} is not a checkpoint of this project ({type(e).__name__})')
+    if not isinstance(ckpt, dict) or not {'method', 'args', 'model'} <= ckpt.keys():
+        raise UserError(f'{what} {path} is not a checkpoint of this project (no method/args/model entries)')
+    return ckpt
+
+
+def load_state(module, state_dict, what):
+    """load_state_dict that turns a shape or key mismatch into a UserError."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise UserError(f'{what} does not fit the model: {detail}')
+
+
+def resume_checkpoint(args):
+    """The checkpoint --resume names (the run folder's last.pth without a path), or None."""
+    if args.resume is None:
+        return None
+    path = os.path.join(args.save_folder, 'last.pth') if args.resume == 'auto' else args.resume
+    if args.resume == 'auto' and not os.path.isfile(path):
+        if is_main():
+            print(f'note: nothing to resume in {args.save_folder}, starting from scratch')
+        return None
+    ckpt = load_checkpoint(path, '--resume')
+    ckpt['path'] = path
+    return ckpt
+
+
+def restore(ckpt, args, model, optimizer, scaler=None):
+    """Load model, optimiser, scaler and RNG states; returns the first epoch to run."""
+    if ckpt is None:
+        return 1
+    load_state(unwrap(model), ckpt['model'], f'--resume {ckpt["path"]}')
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if scaler is not None and ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    rngs = ckpt.get('rng') or []
+    if len(rngs) == world_size():
+        set_rng_state(rngs[args.rank])
+    if is_main():
+        print(f'resumed from {ckpt["path"]} (epoch {ckpt["epoch"]})')
+    return ckpt['epoch'] + 1
+
+
+def trunk_state_dict(ckpt):
+    """The trunk's weights of one of our checkpoints (keys under 'encoder.', prefix removed)."""
+    state = {k[len('encoder.'):]: v for k, v in ckpt['model'].items() if k.startswith('encoder.')}
+    if not state:
+        raise UserError('the checkpoint holds no trunk (no "encoder." weights)')
+    return state
+
+
+def load_pretrained_trunk(path):
+    """Rebuild the trunk of any checkpoint this project writes from its own options."""
+    ckpt = load_checkpoint(path)
+    a = ckpt['args']
+    trunk = build_trunk(a['model'], stem=a['stem'], width=a['width'])
+    load_state(trunk, trunk_state_dict(ckpt), f'--ckpt {path}')
+    return trunk, ckpt
+
+
+# ----------------------------------------------------------------------------- logging
+
+class Logger:
+    """TensorBoard scalars from rank 0; the folder is created on the first write."""
+
+    def __init__(self, folder):
+        self.folder, self.writer = folder, None
+
+    def log(self, step, **scalars):
+        if not is_main():
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(self.folder)
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, float(v), step)
+        self.writer.flush()
+
+
+class Timer:
+    """Wall time between calls, for batch/data meters."""
+
+    def __init__(self):
+        self.t = time.time()
+
+    def lap(self):
+        now = time.time()
+        dt, self.t = now - self.t, now
+        return dt
