@@ -4,7 +4,6 @@
     python main_supcon.py --batch_size 1024 --learning_rate 0.5 --temp 0.5 --cosine --syncBN --method SimCLR
 """
 import argparse
-import os
 import time
 
 import torch
@@ -120,13 +119,8 @@ def main():
                 print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
             logger.log(epoch, knn_accuracy=acc)
 
-        paths = [os.path.join(args.save_folder, 'last.pth')]
-        if epoch % args.save_freq == 0:
-            paths.append(os.path.join(args.save_folder, f'ckpt_epoch_{epoch}.pth'))
-        for path in paths:
-            util.save_checkpoint(path, method=args.method, args=args, epoch=epoch, model=model,
-                                 optimizer=optimizer, scaler=scaler)
-        args.last_good = paths[0]
+        util.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer,
+                        scaler=scaler)
 
 
 if __name__ == '__main__':

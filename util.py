@@ -16,7 +16,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.resnet_big import build_trunk, default_stem
+from networks.resnet_big import MODEL_NAMES, build_trunk, default_stem
 
 
 # ----------------------------------------------------------------------------- errors
@@ -85,15 +85,15 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--test_folder', type=str, default=None, help='evaluation split of --dataset path')
     g.add_argument('--mean', type=str, default=None, help='per-channel mean, e.g. "(0.4914, 0.4822, 0.4465)"')
     g.add_argument('--std', type=str, default=None, help='per-channel std, with --mean')
-    g.add_argument('--size', type=int, default=32, help='crop size in pixels')
+    g.add_argument('--size', type=int, default=None, help='crop size in pixels (default 32)')
     g.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
                    help='download cifar10/cifar100/stl10 when missing')
 
     g = parser.add_argument_group('model')
-    g.add_argument('--model', type=str, default='resnet50', choices=['resnet18', 'resnet34', 'resnet50', 'resnet101'])
+    g.add_argument('--model', type=str, default=None, choices=MODEL_NAMES, help='default resnet50')
     g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
                    help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
-    g.add_argument('--width', type=int, default=64, help='channels of the first ResNet stage')
+    g.add_argument('--width', type=int, default=None, help='channels of the first ResNet stage (default 64)')
 
 
 def add_knn_options(parser):
@@ -105,7 +105,7 @@ def add_knn_options(parser):
     g.add_argument('--batch_size_val', type=int, default=None, help='batch size for feature extraction')
 
 
-def finish_options(args, run_name, force_warm):
+def finish_options(args, run_name, force_warm, name_width=True):
     """Derived settings shared by all scripts: milestones, normalisation, stem, warm-up, folders."""
     try:
         args.lr_decay_epochs = [int(e) for e in str(args.lr_decay_epochs).split(',') if e.strip()]
@@ -115,8 +115,9 @@ def finish_options(args, run_name, force_warm):
         raise UserError('--mean and --std go together: give both or neither')
     if args.mean is not None:
         args.mean, args.std = parse_floats(args.mean, '--mean'), parse_floats(args.std, '--std')
-    if args.data_folder is None:
-        args.data_folder = './datasets/'
+    for key, default in (('data_folder', './datasets/'), ('size', 32), ('model', 'resnet50'), ('width', 64)):
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     if args.stem is None:
         args.stem = default_stem(args.size)
     for name in ('batch_size', 'epochs', 'size', 'width'):
@@ -137,7 +138,7 @@ def finish_options(args, run_name, force_warm):
                 1 + math.cos(math.pi * args.warm_epochs / args.epochs)) / 2
         else:
             args.warmup_to = args.learning_rate
-    if args.width != 64:
+    if name_width and args.width != 64:
         run_name += f'_width_{args.width}'
     args.run_name = run_name
     return args
@@ -437,6 +438,16 @@ def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None,
     os.replace(tmp, path)
 
 
+def save_epoch(args, epoch, **state):
+    """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq."""
+    paths = [os.path.join(args.save_folder, 'last.pth')]
+    if epoch % args.save_freq == 0:
+        paths.append(os.path.join(args.save_folder, f'ckpt_epoch_{epoch}.pth'))
+    for path in paths:
+        save_checkpoint(path, args=args, epoch=epoch, **state)
+    args.last_good = paths[0]
+
+
 def load_checkpoint(path, what='--ckpt'):
     """Load one of our checkpoints on the CPU, or raise a UserError saying what is wrong."""
     if not os.path.isfile(path):
@@ -490,6 +501,16 @@ def restore(ckpt, args, model, optimizer, scaler=None):
     return ckpt['epoch'] + 1
 
 
+def take_trunk_options(args, ckpt, what):
+    """Adopt the trunk options (model, stem, width) a checkpoint was trained with; one the user
+    gave that contradicts them is an error."""
+    for key in ('model', 'stem', 'width'):
+        given, saved = getattr(args, key), ckpt['args'].get(key)
+        if given is not None and given != saved:
+            raise UserError(f'--{key} {given} contradicts {what}, trained with {key} {saved}; drop --{key}')
+        setattr(args, key, saved)
+
+
 def trunk_state_dict(ckpt):
     """The trunk's weights of one of our checkpoints (keys under 'encoder.', prefix removed)."""
     state = {k[len('encoder.'):]: v for k, v in ckpt['model'].items() if k.startswith('encoder.')}
@@ -498,13 +519,12 @@ def trunk_state_dict(ckpt):
     return state
 
 
-def load_pretrained_trunk(path):
+def pretrained_trunk(ckpt, what):
     """Rebuild the trunk of any checkpoint this project writes from its own options."""
-    ckpt = load_checkpoint(path)
     a = ckpt['args']
     trunk = build_trunk(a['model'], stem=a['stem'], width=a['width'])
-    load_state(trunk, trunk_state_dict(ckpt), f'--ckpt {path}')
-    return trunk, ckpt
+    load_state(trunk, trunk_state_dict(ckpt), what)
+    return trunk
 
 
 # ----------------------------------------------------------------------------- logging

@@ -1,0 +1,136 @@
+"""Supervised cross-entropy training: SupContrast's baseline, or fine-tuning a pretrained trunk.
+
+    python main_ce.py --batch_size 1024 --learning_rate 0.8 --cosine --syncBN
+    python main_ce.py --pretrained save/SupCon/cifar10_models/RUN/last.pth --learning_rate 0.05
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import augment
+import datasets
+import util
+from evaluation import evaluate
+from networks.resnet_big import SupCEResNet
+
+
+def parse_option():
+    parser = argparse.ArgumentParser(description='cross-entropy training / fine-tuning')
+    util.add_common_options(parser, batch_size=256, learning_rate=0.2, lr_decay_epochs='350,400,450',
+                            lr_decay_rate=0.1, weight_decay=1e-4, epochs=500)
+    parser.add_argument('--pretrained', type=str, default=None, metavar='CKPT',
+                        help='start from the trunk of one of our checkpoints (its model, stem, width)')
+    parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
+    parser.add_argument('--batch_size_val', type=int, default=None)
+    parser.add_argument('--dropout', type=float, default=0.0, help='dropout before the classifier')
+    args = parser.parse_args()
+
+    if args.pretrained:
+        args.pretrained_ckpt = util.load_checkpoint(args.pretrained, '--pretrained')
+        util.take_trunk_options(args, args.pretrained_ckpt, f'--pretrained {args.pretrained}')
+    name = (f'SupCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
+            f'_bsz_{args.batch_size}_trial_{args.trial}')
+    if args.pretrained:
+        name += '_pretrained'
+    util.finish_options(args, name, force_warm=True)
+    util.run_folders(args, 'SupCon')
+    return args
+
+
+def set_loader(args):
+    mean, std = datasets.mean_std(args)
+    train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std))
+    val_set = datasets.image_dataset(args, False, datasets.eval_view(args))
+    args.n_classes = datasets.num_classes(args, train_set)
+    return datasets.train_loader(train_set, args), datasets.eval_loader(val_set, args)
+
+
+def set_model(args):
+    model = SupCEResNet(args.model, num_classes=args.n_classes, stem=args.stem, width=args.width,
+                        dropout=args.dropout)
+    if args.pretrained:
+        trunk = util.trunk_state_dict(args.pretrained_ckpt)
+        util.load_state(model.encoder, trunk, f'--pretrained {args.pretrained}')
+        del args.pretrained_ckpt  # not an option: keep it out of the saved args
+    return util.distribute(model, args)
+
+
+def train(loader, model, optimizer, scaler, guard, epoch, args):
+    """One epoch; returns (average loss, top-1 accuracy)."""
+    model.train()
+    batch_time, data_time = util.AverageMeter(), util.AverageMeter()
+    losses, top1 = util.AverageMeter(), util.AverageMeter()
+    timer = util.Timer()
+    for idx, (images, labels) in enumerate(loader):
+        data_time.update(timer.lap())
+        images = util.to_device(images, args)
+        labels = labels.to(args.device, non_blocking=True)
+        util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
+
+        with util.autocast(args):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        guard.update(loss, idx + 1)
+        losses.update(loss, len(labels))
+        top1.update(util.accuracy(logits.detach(), labels)[0], len(labels))
+        batch_time.update(timer.lap())
+        if (idx + 1) % args.print_freq == 0:
+            guard.check(epoch, args.last_good)
+            if util.is_main():
+                print(f'Train: [{epoch}][{idx + 1}/{len(loader)}]\t'
+                      f'BT {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
+                      f'DT {data_time.val:.3f} ({data_time.avg:.3f})\t'
+                      f'loss {losses.val:.3f} ({losses.avg:.3f})\t'
+                      f'Acc@1 {top1.val:.3f} ({top1.avg:.3f})', flush=True)
+    guard.check(epoch, args.last_good)
+    return losses.avg, top1.avg
+
+
+def main():
+    args = parse_option()
+    util.init_distributed(args)
+    util.set_seed(args)
+    ckpt = util.resume_checkpoint(args)
+    args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)
+    train_loader, val_loader = set_loader(args)
+    model = set_model(args)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scaler = util.grad_scaler(args)
+    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
+    best_acc = ckpt['best_acc'] if ckpt else 0.0
+    args.last_good = ckpt['path'] if ckpt else None
+    logger = util.Logger(args.tb_folder)
+    guard = util.NonFiniteGuard(args.device)
+
+    for epoch in range(start_epoch, args.epochs + 1):
+        train_loader.sampler.set_epoch(epoch)
+        util.adjust_learning_rate(args, optimizer, epoch)
+        start = time.time()
+        loss, train_acc = train(train_loader, model, optimizer, scaler, guard, epoch, args)
+        seconds = time.time() - start
+        val_loss, val_acc, val_acc5 = evaluate(model, val_loader, args)
+        best_acc = max(best_acc, val_acc)
+        if util.is_main():
+            print(f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, train acc {train_acc:.2f}, '
+                  f'val acc {val_acc:.2f} (top-5 {val_acc5:.2f}), best {best_acc:.2f}')
+        logger.log(epoch, train_loss=loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                   val_acc5=val_acc5, learning_rate=optimizer.param_groups[0]['lr'],
+                   images_per_s=len(train_loader.dataset) / seconds)
+
+        util.save_epoch(args, epoch, method='SupCE', model=model, optimizer=optimizer, scaler=scaler,
+                        best_acc=best_acc)
+    if util.is_main():
+        print(f'best accuracy: {best_acc:.2f}')
+
+
+if __name__ == '__main__':
+    util.run(main)
