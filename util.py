@@ -12,7 +12,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -290,11 +289,42 @@ def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients too (each rank's output feeds its own loss)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Collectives read raw memory: a strided gradient (e.g. from a transpose) must be packed.
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = _AllReduceSum.backward(ctx, grad)  # every rank's gradient w.r.t. the whole batch, summed
+        n = grad.shape[0] // world_size()
+        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
+
+
 def gather_with_grad(x):
     """Concatenate x from all ranks along dim 0; gradients flow back to every rank's slice."""
     if world_size() == 1:
         return x
-    return torch.cat(dist_nn.all_gather(x), 0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
@@ -330,7 +360,7 @@ class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         c = x.shape[1]
         count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-        stats = dist_nn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
