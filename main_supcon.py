@@ -102,6 +102,14 @@ def main():
     logger = util.Logger(args.tb_folder)
     guard = util.NonFiniteGuard(args.device)
 
+    def monitor(epoch):
+        acc = knn_accuracy(util.unwrap(model).encoder, *knn, args)
+        if util.is_main():
+            print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
+        logger.log(epoch, knn_accuracy=acc)
+
+    if knn and start_epoch == 1:
+        monitor(0)  # the randomly initialised trunk: the baseline training must beat
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
         util.adjust_learning_rate(args, optimizer, epoch)
@@ -114,10 +122,7 @@ def main():
         logger.log(epoch, loss=loss, learning_rate=optimizer.param_groups[0]['lr'], views_per_s=images_per_s)
 
         if knn and (epoch % args.knn_freq == 0 or epoch == args.epochs):
-            acc = knn_accuracy(util.unwrap(model).encoder, *knn, args)
-            if util.is_main():
-                print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
-            logger.log(epoch, knn_accuracy=acc)
+            monitor(epoch)
 
         util.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer,
                         scaler=scaler)

@@ -1,0 +1,19 @@
+# Sourced by the reproduction scripts. launch SCRIPT ARGS... runs one stage:
+#   NGPU=N (default 1)  processes, through torchrun when N > 1 (one per GPU)
+#   DATA=DIR            dataset root, passed as --data_folder (default ./datasets/)
+#   DRY_RUN=1           print the commands instead of running them
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+NGPU=${NGPU:-1}
+DATA=${DATA:-./datasets/}
+
+launch() {
+    local cmd=(python "$@")
+    if [ "$NGPU" -gt 1 ]; then
+        cmd=(torchrun --nproc_per_node "$NGPU" "$@")
+    fi
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        printf "%q " "${cmd[@]}"; echo
+    else
+        "${cmd[@]}"
+    fi
+}
