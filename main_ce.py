@@ -30,12 +30,12 @@ def parse_option():
     if args.pretrained:
         args.pretrained_ckpt = util.load_checkpoint(args.pretrained, '--pretrained')
         util.take_trunk_options(args, args.pretrained_ckpt, f'--pretrained {args.pretrained}')
+    util.finish_options(args, force_warm=True)
     name = (f'SupCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_trial_{args.trial}')
     if args.pretrained:
         name += '_pretrained'
-    util.finish_options(args, name, force_warm=True)
-    util.run_folders(args, 'SupCon')
+    util.name_run(args, name, 'SupCon')
     return args
 
 

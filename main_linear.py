@@ -33,10 +33,10 @@ def parse_option():
     util.take_trunk_options(args, args.pretrained, f'--ckpt {args.ckpt}')
     if args.size is None:
         args.size = args.pretrained['args']['size']
+    util.finish_options(args, force_warm=False)
     name = (f'{args.pretrained["args"]["run_name"]}_epoch_{args.pretrained["epoch"]}_linear_{args.dataset}'
             f'_lr_{args.learning_rate}_bsz_{args.batch_size}_trial_{args.trial}')
-    util.finish_options(args, name, force_warm=False, name_width=False)  # the trunk's run name has it
-    util.run_folders(args, 'Linear')
+    util.name_run(args, name, 'Linear', name_width=False)  # the trunk's run name has the width
     return args
 
 

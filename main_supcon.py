@@ -27,10 +27,10 @@ def parse_option():
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
     args = parser.parse_args()
 
+    util.finish_options(args, force_warm=True)
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}')
-    util.finish_options(args, name, force_warm=True)
-    util.run_folders(args, 'SupCon')
+    util.name_run(args, name, 'SupCon')
     return args
 
 

@@ -104,8 +104,8 @@ def add_knn_options(parser):
     g.add_argument('--batch_size_val', type=int, default=None, help='batch size for feature extraction')
 
 
-def finish_options(args, run_name, force_warm, name_width=True):
-    """Derived settings shared by all scripts: milestones, normalisation, stem, warm-up, folders."""
+def finish_options(args, force_warm):
+    """Derived settings shared by all scripts: defaults, milestones, normalisation, stem, warm-up."""
     try:
         args.lr_decay_epochs = [int(e) for e in str(args.lr_decay_epochs).split(',') if e.strip()]
     except ValueError:
@@ -125,10 +125,7 @@ def finish_options(args, run_name, force_warm, name_width=True):
 
     if force_warm and args.batch_size > 256:
         args.warm = True  # large-batch runs warm up, as SupContrast does
-    if args.cosine:
-        run_name += '_cosine'
     if args.warm:
-        run_name += '_warm'
         args.warmup_from = 0.01
         args.warm_epochs = 10
         if args.cosine:
@@ -137,14 +134,19 @@ def finish_options(args, run_name, force_warm, name_width=True):
                 1 + math.cos(math.pi * args.warm_epochs / args.epochs)) / 2
         else:
             args.warmup_to = args.learning_rate
-    if name_width and args.width != 64:
-        run_name += f'_width_{args.width}'
-    args.run_name = run_name
     return args
 
 
-def run_folders(args, method_folder):
-    """SupContrast's layout: save/<Method>/<dataset>_models/<run>/ and <dataset>_tensorboard/<run>/."""
+def name_run(args, run_name, method_folder, name_width=True):
+    """SupContrast's run name (with _cosine, _warm) and folders: save/<Method>/<dataset>_models/<run>/
+    and save/<Method>/<dataset>_tensorboard/<run>/. Call after finish_options."""
+    if args.cosine:
+        run_name += '_cosine'
+    if args.warm:
+        run_name += '_warm'
+    if name_width and args.width != 64:
+        run_name += f'_width_{args.width}'
+    args.run_name = run_name
     root = os.path.join(args.save_root, method_folder)
     args.save_folder = os.path.join(root, f'{args.dataset}_models', args.run_name)
     args.tb_folder = os.path.join(root, f'{args.dataset}_tensorboard', args.run_name)

@@ -1,0 +1,62 @@
+"""The reproduction scripts: every command parses with the script it calls, and each linear
+stage evaluates the checkpoint its pretraining stage writes."""
+import glob
+import importlib
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = sorted(p for p in glob.glob(os.path.join(REPO, 'scripts', '*.sh')) if not p.endswith('common.sh'))
+
+
+def commands(script, **env):
+    out = subprocess.run(['bash', script], env={**os.environ, 'DRY_RUN': '1', **env},
+                         capture_output=True, text=True, check=True).stdout
+    return [shlex.split(line) for line in out.splitlines() if line.strip()]
+
+
+def parse(argv, monkeypatch, pretrained=None):
+    """Run the script's parse_option() on argv; main_linear gets a stand-in for its checkpoint."""
+    module = importlib.import_module(argv[0][:-3])
+    if pretrained is not None:
+        fake = {'method': 'SupCon', 'epoch': 1, 'model': {},
+                'args': {'model': pretrained.model, 'stem': pretrained.stem, 'width': pretrained.width,
+                         'size': pretrained.size, 'run_name': pretrained.run_name}}
+        monkeypatch.setattr(module.util, 'load_checkpoint', lambda path, what='--ckpt': fake)
+    monkeypatch.setattr(sys, 'argv', argv)
+    return module.parse_option()
+
+
+def test_there_is_a_script_per_table_row():
+    names = {os.path.basename(p) for p in SCRIPTS}
+    for ds in ('cifar10', 'cifar100'):
+        assert {f'supcon_{ds}.sh', f'simclr_{ds}.sh', f'ce_{ds}.sh'} <= names
+    assert {'supcon_animals10_resnet18.sh', 'supcon_animals10_resnet34.sh', 'quickstart.sh'} <= names
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
+def test_commands_parse_and_chain(script, monkeypatch):
+    monkeypatch.chdir(REPO)
+    pretrained = None
+    for cmd in commands(script):
+        assert cmd[0] == 'python' and cmd[1].startswith('main_'), cmd
+        if cmd[1] == 'main_linear.py':
+            assert pretrained is not None, 'a linear stage needs a pretraining stage before it'
+            args = parse(cmd[1:], monkeypatch, pretrained)
+            written = {os.path.join(pretrained.save_folder, 'last.pth'),
+                       os.path.join(pretrained.save_folder, f'ckpt_epoch_{pretrained.epochs}.pth')}
+            assert os.path.normpath(args.ckpt) in {os.path.normpath(p) for p in written}
+            assert args.model == pretrained.model
+        else:
+            pretrained = parse(cmd[1:], monkeypatch)
+
+
+def test_ngpu_launches_through_torchrun():
+    cmds = commands(os.path.join(REPO, 'scripts', 'supcon_cifar10.sh'), NGPU='4', DATA='/data/cifar')
+    assert all(c[:3] == ['torchrun', '--nproc_per_node', '4'] for c in cmds)
+    assert all(c[c.index('--data_folder') + 1] == '/data/cifar' for c in cmds)
