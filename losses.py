@@ -2,6 +2,7 @@
 Computation runs in at least float32, autocast or not, with log-sum-exp, never log(sum(exp))."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class SupConLoss(nn.Module):
@@ -54,3 +55,66 @@ class SupConLoss(nn.Module):
         mean_log_prob_pos = (pos * log_prob.masked_fill(is_self, 0)).sum(dim=1) / torch.where(n_pos < 1e-6, 1.0, n_pos)
         # anchors without positives contribute 0 yet count in the mean, as in the released code
         return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
+
+
+def _at_least_float32(*tensors):
+    """Cast to at least float32 (float64 stays float64): bf16/fp16 logits / temperature lose the softmax's digits."""
+    return [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
+
+
+def _check_rows(name, t, dim=None):
+    if t.dim() != 2 or (dim is not None and t.shape[1] != dim):
+        raise ValueError(f'{name} must be [rows, {dim if dim is not None else "D"}], got {list(t.shape)}')
+
+
+class MoCoLoss(nn.Module):
+    """MoCo's InfoNCE (He et al. 2020): the own key k at index 0 is the positive, the queue's rows the negatives."""
+
+    def __init__(self, temperature=0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, q, k, queue):
+        """q [N, D], k [N, D], queue [K, D], all rows L2-normalised. Keys and queue get no gradient."""
+        _check_rows('q', q)
+        _check_rows('k', k, q.shape[1])
+        _check_rows('queue', queue, q.shape[1])
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f'{k.shape[0]} keys for {q.shape[0]} queries')
+        q, k, queue = _at_least_float32(q, k.detach(), queue.detach())
+        with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
+            logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / self.temperature
+        labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, labels)
+
+
+class KNNLoss(nn.Module):
+    """Auxiliary kNN loss of Van Gansbeke et al. 2021: the topk queue entries nearest to the query in backbone
+    (trunk avg-pool) space are its positives, under a softmax of q·queue/T over the queue alone."""
+
+    def __init__(self, topk=20, temperature=0.2):
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f'topk must be at least 1, got {topk}')
+        self.topk = topk
+        self.temperature = temperature
+
+    def forward(self, q, q_backbone, queue, queue_backbone):
+        """q [N, D], q_backbone [N, Db], queue [K, D], queue_backbone [K, Db], all rows L2-normalised.
+        q_backbone only selects the neighbours: gradient flows to q alone."""
+        _check_rows('q', q)
+        _check_rows('q_backbone', q_backbone)
+        _check_rows('queue', queue, q.shape[1])
+        _check_rows('queue_backbone', queue_backbone, q_backbone.shape[1])
+        if q_backbone.shape[0] != q.shape[0]:
+            raise ValueError(f'{q_backbone.shape[0]} backbone features for {q.shape[0]} queries')
+        if queue_backbone.shape[0] != queue.shape[0]:
+            raise ValueError(f'queue holds {queue.shape[0]} keys but queue_backbone {queue_backbone.shape[0]}')
+        if self.topk > queue.shape[0]:
+            raise ValueError(f'topk={self.topk} exceeds the queue size {queue.shape[0]}')
+        q, queue, q_backbone, queue_backbone = _at_least_float32(
+            q, queue.detach(), q_backbone.detach(), queue_backbone.detach())
+        with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
+            knn = (q_backbone @ queue_backbone.T).topk(self.topk, dim=1).indices  # [N, topk]
+            log_prob = F.log_softmax(q @ queue.T / self.temperature, dim=1)         # [N, K]
+        return -log_prob.gather(1, knn).mean(dim=1).mean()
