@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tvd
 
 from augment import eval_transform
-from util import UserError
+from util import UserError, is_main
 
 MEAN_STD = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -28,7 +28,8 @@ def mean_std(args):
     if args.mean is not None:
         return args.mean, args.std
     if args.dataset == 'path':
-        print('note: --dataset path without --mean/--std: normalising with ImageNet statistics')
+        if is_main():
+            print('note: --dataset path without --mean/--std: normalising with ImageNet statistics')
         return MEAN_STD['imagenet']
     return MEAN_STD[args.dataset]
 
@@ -181,11 +182,14 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
-def train_loader(dataset, args):
+def train_loader(dataset, args, drop_last=False):
     """Shuffled, per-sample-seeded loader of the per-rank share of --batch_size."""
     sampler = SeededSampler(len(dataset), args.data_seed, True, args.rank, args.world_size)
-    return DataLoader(SeededDataset(dataset), batch_size=args.batch_size // args.world_size,
-                      sampler=sampler, **_loader_kwargs(args))
+    batch = args.batch_size // args.world_size
+    if drop_last and len(sampler) < batch:
+        raise UserError(f'{len(dataset)} training images do not fill one batch of {args.batch_size}')
+    return DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler, drop_last=drop_last,
+                      **_loader_kwargs(args))
 
 
 class ShardSampler(Sampler):

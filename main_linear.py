@@ -86,9 +86,12 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
         scaler.step(optimizer)
         scaler.update()
 
-        guard.update(loss, idx + 1)
-        losses.update(loss, len(labels))
-        top1.update(util.accuracy(logits.detach(), labels)[0], len(labels))
+        # the global batch's loss and accuracy on every rank, as with one process (and a
+        # non-finite loss on any rank stops them all)
+        loss_acc = util.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
+        guard.update(loss_acc[0], idx + 1)
+        losses.update(loss_acc[0], len(labels))
+        top1.update(loss_acc[1], len(labels))
         batch_time.update(timer.lap())
         if (idx + 1) % args.print_freq == 0:
             guard.check(epoch, args.last_good)

@@ -55,7 +55,7 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
                        weight_decay, epochs):
     """Options every script shares, with SupContrast's spellings; each script passes its defaults."""
     g = parser.add_argument_group('run')
-    g.add_argument('--print_freq', type=int, default=10, help='print every N steps')
+    g.add_argument('--print_freq', '--print-freq', '-p', type=int, default=10, help='print every N steps')
     g.add_argument('--save_freq', type=int, default=50, help='keep ckpt_epoch_N.pth every N epochs')
     g.add_argument('--num_workers', '--workers', '-j', type=int, default=16, help='data-loading workers per process')
     g.add_argument('--trial', type=str, default='0', help='id appended to the run name')
@@ -67,7 +67,8 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--syncBN', action='store_true', help='synchronise BatchNorm across processes')
 
     g = parser.add_argument_group('optimisation')
-    g.add_argument('--batch_size', '-b', type=int, default=batch_size, help='global batch size (all processes)')
+    g.add_argument('--batch_size', '--batch-size', '-b', type=int, default=batch_size,
+                   help='global batch size (all processes)')
     g.add_argument('--epochs', type=int, default=epochs)
     g.add_argument('--learning_rate', '--lr', type=float, default=learning_rate)
     g.add_argument('--lr_decay_epochs', type=str, default=lr_decay_epochs, help='step schedule milestones, e.g. 700,800,900')
@@ -89,10 +90,29 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
                    help='download cifar10/cifar100/stl10 when missing')
 
     g = parser.add_argument_group('model')
-    g.add_argument('--model', type=str, default=None, choices=MODEL_NAMES, help='default resnet50')
+    g.add_argument('--model', '--arch', '-a', type=str, default=None, choices=MODEL_NAMES, help='default resnet50')
     g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
                    help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
     g.add_argument('--width', type=int, default=None, help='channels of the first ResNet stage (default 64)')
+
+
+def add_launcher_options(parser):
+    """The launcher options of the MoCo and CLSA code, mapped onto ours."""
+    g = parser.add_argument_group('launcher (MoCo / CLSA spellings)')
+    g.add_argument('--multiprocessing_distributed', '--multiprocessing-distributed', action='store_true',
+                   help='one process per visible GPU on this node: relaunches through torchrun')
+    g.add_argument('--dist_url', '--dist-url', type=str, default=None,
+                   help='rendezvous tcp://HOST:PORT of --multiprocessing-distributed (default tcp://localhost:10001)')
+    g.add_argument('--nodes', '--world_size', '--world-size', type=int, default=1,
+                   help='number of nodes, with --multiprocessing-distributed')
+    g.add_argument('--node_rank', '--rank', type=int, default=0, help='rank of this node')
+    g.add_argument('--dist_backend', '--dist-backend', choices=['nccl', 'gloo'], default=None,
+                   help='default: nccl on GPUs, gloo on CPUs')
+    g.add_argument('--gpu', type=int, default=None, help='GPU of a single-process run')
+    g.add_argument('--start_epoch', '--start-epoch', type=int, default=0,
+                   help='epochs already done (0-based, as MoCo); a --resume checkpoint overrides it')
+    g.add_argument('--output_dir', type=str, default=None,
+                   help='write checkpoints here (tensorboard in its tensorboard/) instead of under --save_root')
 
 
 def add_knn_options(parser):
@@ -150,6 +170,8 @@ def name_run(args, run_name, method_folder, name_width=True):
     root = os.path.join(args.save_root, method_folder)
     args.save_folder = os.path.join(root, f'{args.dataset}_models', args.run_name)
     args.tb_folder = os.path.join(root, f'{args.dataset}_tensorboard', args.run_name)
+    if getattr(args, 'output_dir', None):
+        args.save_folder, args.tb_folder = args.output_dir, os.path.join(args.output_dir, 'tensorboard')
 
 
 def plain_args(args):
@@ -163,16 +185,22 @@ def plain_args(args):
 
 # ----------------------------------------------------------------------------- schedules
 
+def cosine_lr(base, progress, floor=0.0):
+    """Half cosine from base (progress 0) to floor (progress 1)."""
+    return floor + (base - floor) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def step_lr(base, epoch, milestones, rate):
+    """base * rate^(milestones passed); epochs count from 1, so epoch m+1 is the first decayed."""
+    return base * rate ** sum(epoch > m for m in milestones)
+
+
 def adjust_learning_rate(args, optimizer, epoch):
-    """Per-epoch schedule (epochs count from 1): cosine to lr*rate^3, or step decay by rate
-    after each milestone passed (strictly: epoch > milestone)."""
-    lr = args.learning_rate
+    """SupContrast's per-epoch schedule (epochs count from 1): cosine to lr*rate^3, or step decay."""
     if args.cosine:
-        eta_min = lr * args.lr_decay_rate ** 3
-        lr = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
+        lr = cosine_lr(args.learning_rate, epoch / args.epochs, args.learning_rate * args.lr_decay_rate ** 3)
     else:
-        steps = sum(epoch > m for m in args.lr_decay_epochs)
-        lr = lr * args.lr_decay_rate ** steps
+        lr = step_lr(args.learning_rate, epoch, args.lr_decay_epochs, args.lr_decay_rate)
     set_lr(optimizer, lr)
     return lr
 
@@ -250,6 +278,8 @@ def init_distributed(args):
     """One code path for CPU, one GPU, torchrun and SLURM srun. Sets args.rank, args.world_size,
     args.device; NCCL on GPUs, gloo on CPU. --batch_size stays the global batch."""
     env = os.environ
+    if getattr(args, 'multiprocessing_distributed', False) and 'RANK' not in env:
+        relaunch_with_torchrun(args)
     if 'RANK' in env and 'WORLD_SIZE' in env:  # torchrun
         rank, world, local = int(env['RANK']), int(env['WORLD_SIZE']), int(env.get('LOCAL_RANK', 0))
     elif int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1:  # srun, one task per GPU
@@ -263,6 +293,12 @@ def init_distributed(args):
         rank, world, local = 0, 1, 0
     args.rank, args.world_size = rank, world
 
+    if getattr(args, 'gpu', None) is not None:
+        if world > 1:
+            raise UserError('--gpu picks the GPU of a single-process run; under torchrun/srun each process takes its LOCAL_RANK')
+        if not torch.cuda.is_available():
+            raise UserError(f'--gpu {args.gpu} given but no GPU is visible')
+        local = args.gpu
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         args.device = torch.device('cuda', local)
@@ -273,14 +309,32 @@ def init_distributed(args):
     else:
         args.device = torch.device('cpu')
     if world > 1:
-        dist.init_process_group('nccl' if args.device.type == 'cuda' else 'gloo',
-                                rank=rank, world_size=world)
+        backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.type == 'cuda' else 'gloo')
+        dist.init_process_group(backend, rank=rank, world_size=world)
     if args.batch_size % world:
         raise UserError(f'--batch_size {args.batch_size} is not divisible by the {world} processes')
     if getattr(args, 'batch_size_val', None) is None:
         args.batch_size_val = args.batch_size
     if args.syncBN and world == 1 and rank == 0:
         print('note: --syncBN has no effect with a single process')
+
+
+def relaunch_with_torchrun(args):
+    """MoCo's --multiprocessing-distributed: one process per visible GPU on each of --world-size
+    nodes, rendezvous at --dist-url. torchrun does exactly that, so the command is re-executed
+    under it (the children see RANK and skip this)."""
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        raise UserError('--multiprocessing-distributed starts one process per GPU and none is visible; '
+                        'drop it to train in this process')
+    url = args.dist_url or 'tcp://localhost:10001'
+    host, _, port = url.removeprefix('tcp://').rpartition(':')
+    if not host or not port.isdigit():
+        raise UserError(f'--dist-url must look like tcp://HOST:PORT, got {url!r}')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}', f'--nnodes={args.nodes}',
+           f'--node_rank={args.node_rank}', f'--master_addr={host}', f'--master_port={port}', *sys.argv]
+    print(f'note: --multiprocessing-distributed: running {" ".join(cmd[1:6])} ...', flush=True)
+    os.execv(sys.executable, cmd)
 
 
 def is_main():
@@ -466,8 +520,13 @@ def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None,
              'scaler': scaler.state_dict() if scaler is not None else None, 'rng': rngs, **extra}
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no half-written file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_epoch(args, epoch, **state):
@@ -518,9 +577,10 @@ def resume_checkpoint(args):
 
 
 def restore(ckpt, args, model, optimizer, scaler=None):
-    """Load model, optimiser, scaler and RNG states; returns the first epoch to run."""
+    """Load model, optimiser, scaler and RNG states; returns the first epoch to run (without a
+    checkpoint: 1, or after MoCo's --start_epoch)."""
     if ckpt is None:
-        return 1
+        return getattr(args, 'start_epoch', 0) + 1
     load_state(unwrap(model), ckpt['model'], f'--resume {ckpt["path"]}')
     optimizer.load_state_dict(ckpt['optimizer'])
     if scaler is not None and ckpt.get('scaler'):

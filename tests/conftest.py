@@ -27,11 +27,37 @@ def run_script(script, *args, cwd, env=None, torchrun=False, nproc=2, timeout=30
     for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_STEP_NUM_TASKS'):
         full_env.pop(key, None)
     full_env.update(env or {})
+    os.makedirs(cwd, exist_ok=True)
     cmd = [sys.executable]
     if torchrun:
         cmd += ['-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(free_port())]
     cmd += [os.path.join(REPO, script), *[str(a) for a in args]]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_ranks(script, *args, cwd, nproc=2, timeout=300):
+    """Start nproc processes of `python script args...` with the environment torchrun gives its
+    workers (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so that each worker's own
+    exit status and stderr can be checked; returns their CompletedProcess, rank order."""
+    os.makedirs(cwd, exist_ok=True)
+    port = str(free_port())
+    procs = []
+    for rank in range(nproc):
+        env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', RANK=str(rank), LOCAL_RANK=str(rank),
+                   WORLD_SIZE=str(nproc), MASTER_ADDR='127.0.0.1', MASTER_PORT=port)
+        cmd = [sys.executable, os.path.join(REPO, script), *[str(a) for a in args]]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    done = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return done
 
 
 def free_port():

@@ -1,0 +1,131 @@
+"""Two CPU processes (gloo) against one: the same global batches, the same losses, the same weights.
+
+Data sharding gives each step's per-rank batches whose union is the single-process batch, and every
+sample's augmentation is drawn from its own seed, so a 2-process run repeats the 1-process run up to
+float rounding. The data set is tiny (64 images, batch 32: two steps), as training is chaotic."""
+import re
+import shutil
+
+import pytest
+import torch
+
+from conftest import check_ok, load, make_image_folder, only_file, run_ranks, run_script, step_losses
+
+TRUNK = ['--model', 'resnet18', '--width', '8', '--size', '32', '--num_workers', '0', '--seed', '0']
+
+# Weights after two SGD steps agree to float32 rounding only. The SupCon gradient itself is badly
+# conditioned in float32 (measured against float64: ~3e-3 relative error with either BN), and the
+# two runs reduce in different orders (all_reduce of BN sums and gradients), so after two steps
+# parameters differ by up to ~2.5e-5 (measured). The smallest per-step update of any parameter
+# tensor is ~5e-4 (lr 0.05 x momentum buffer), so 1e-4 is tight enough to catch a wrong gradient
+# scale, a missing sync of BN statistics or a different batch, and loose enough for rounding.
+ATOL = 1e-4
+
+
+@pytest.fixture(scope='module')
+def data64(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data64')
+    train = make_image_folder(root / 'train', 4, 16, seed=5)
+    test = make_image_folder(root / 'test', 4, 2, seed=6)
+    shutil.copy(root / 'train' / 'class_0' / 'img_0.png', root / 'test' / 'class_0' / 'extra.png')  # 9: uneven shards
+    return train, test
+
+
+def assert_close_models(a, b, atol=ATOL):
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], rtol=0, atol=atol), f'{k}: max diff {(a[k] - b[k]).abs().max():.3g}'
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+def knn_lines(stdout):
+    return re.findall(r'^epoch \d+, kNN accuracy [\d.]+$', stdout, re.M)
+
+
+def test_supcon_two_processes_match_one(data64, tmp_path):
+    train, test = data64
+    flags = ['--dataset', 'path', '--data_folder', train, '--test_folder', test, '--knn_freq', '1',
+             '--syncBN', '--print_freq', '1', '--epochs', '1', '--batch_size', '32', *TRUNK]
+    one = check_ok(run_script('main_supcon.py', *flags, cwd=tmp_path / 'one'))
+    two = check_ok(run_script('main_supcon.py', *flags, cwd=tmp_path / 'two', torchrun=True))
+    assert 'note: --syncBN has no effect with a single process' in one.stdout
+    note = 'note: --dataset path without --mean/--std'
+    assert two.stdout.count(note) == one.stdout.count(note) > 0  # notes come from rank 0 only
+
+    losses_one, losses_two = step_losses(one.stdout), step_losses(two.stdout)
+    assert len(losses_one) == 2, one.stdout
+    assert len(losses_two) == 2, two.stdout  # printed once per step (rank 0), the global loss
+    assert losses_two == pytest.approx(losses_one, abs=2e-3)
+
+    a, b = load(only_file(tmp_path / 'one' / 'save')), load(only_file(tmp_path / 'two' / 'save'))
+    assert b['args']['world_size'] == 2 and a['args']['world_size'] == 1
+    assert len(b['rng']) == 2  # each rank's RNG state
+    assert_close_models(a['model'], b['model'])
+    # kNN monitor: features of uneven shards (9 test images) gathered back in order
+    assert len(knn_lines(one.stdout)) == 2
+    assert knn_lines(two.stdout) == knn_lines(one.stdout)
+
+
+def test_batch_not_divisible_by_processes(tmp_path):
+    args = ['main_supcon.py', '--dataset', 'digits', '--batch_size', '33', '--epochs', '1', *TRUNK]
+    workers = run_ranks(*args, cwd=tmp_path)
+    for w in workers:
+        assert w.returncode == 2, w.stderr
+        lines = w.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith('error: '), w.stderr
+        assert '--batch_size 33' in lines[0] and '2 processes' in lines[0]
+    assert not list(tmp_path.rglob('*.pth'))
+    # through torchrun, which reports its workers' exit status itself
+    proc = run_script(*args, cwd=tmp_path, torchrun=True)
+    assert proc.returncode != 0
+    assert 'error: --batch_size 33 is not divisible by the 2 processes' in proc.stderr
+    assert re.search(r'exitcode\s*:\s*2\b', proc.stderr), proc.stderr[-2000:]
+    assert not list(tmp_path.rglob('*.pth'))
+
+
+def val_lines(stdout):
+    return re.findall(r'val acc [\d.]+ \(top-5 [\d.]+\)', stdout)
+
+
+def train_lines(stdout):
+    return [(float(l), float(a)) for l, a in re.findall(r'^epoch \d+, .* loss ([\d.]+), train acc ([\d.]+)', stdout, re.M)]
+
+
+def assert_same_global_logs(one, two):
+    """Per-step losses and the epoch's loss and train accuracy are the global batch's."""
+    losses_one, losses_two = step_losses(one.stdout), step_losses(two.stdout)
+    assert len(losses_one) == 2 and len(losses_two) == 2, two.stdout
+    assert losses_two == pytest.approx(losses_one, abs=2e-3)
+    (l1, a1), = train_lines(one.stdout)
+    (l2, a2), = train_lines(two.stdout)
+    assert l2 == pytest.approx(l1, abs=2e-3) and a2 == a1
+
+
+def test_ce_two_processes_match_one(data64, tmp_path):
+    train, test = data64
+    flags = ['--dataset', 'path', '--data_folder', train, '--test_folder', test, '--syncBN', '--epochs', '1',
+             '--batch_size', '32', '--batch_size_val', '4', '--print_freq', '1', '--cosine', *TRUNK]
+    one = check_ok(run_script('main_ce.py', *flags, cwd=tmp_path / 'one'))
+    two = check_ok(run_script('main_ce.py', *flags, cwd=tmp_path / 'two', torchrun=True))
+    assert 'best accuracy' in two.stdout
+    assert_same_global_logs(one, two)
+    assert_close_models(load(only_file(tmp_path / 'one' / 'save'))['model'],
+                        load(only_file(tmp_path / 'two' / 'save'))['model'])
+    assert val_lines(one.stdout) and val_lines(two.stdout) == val_lines(one.stdout)  # evaluation summed over ranks
+
+
+def test_linear_two_processes_match_one(data64, tiny_ckpt, tmp_path):
+    train, test = data64
+    flags = ['--ckpt', tiny_ckpt, '--dataset', 'path', '--data_folder', train, '--test_folder', test,
+             '--epochs', '1', '--batch_size', '32', '--batch_size_val', '4', '--print_freq', '1',
+             '--num_workers', '0', '--seed', '0']
+    one = check_ok(run_script('main_linear.py', *flags, cwd=tmp_path / 'one'))
+    two = check_ok(run_script('main_linear.py', *flags, cwd=tmp_path / 'two', torchrun=True))
+    assert re.search(r'^best accuracy: [\d.]+ \(top-5 [\d.]+\)$', two.stdout, re.M), two.stdout
+    assert_same_global_logs(one, two)
+    a, b = load(only_file(tmp_path / 'one' / 'save')), load(only_file(tmp_path / 'two' / 'save'))
+    assert_close_models(a['model'], b['model'], atol=1e-5)  # a linear classifier on frozen features
+    assert a['best_acc'] == pytest.approx(b['best_acc'], abs=1e-4)
+    assert val_lines(two.stdout) == val_lines(one.stdout)
