@@ -3,7 +3,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from util import accuracy, autocast, gather, to_device, world_size
+from distributed import gather, to_device
+from util import accuracy, autocast, world_size
 
 
 @torch.no_grad()

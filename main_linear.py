@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import augment
 import datasets
+import distributed
 import util
 from evaluation import evaluate
 from networks.resnet_big import LinearClassifier
@@ -59,7 +60,7 @@ def set_model(args):
     trunk.to(args.device)
     if args.device.type == 'cuda':
         trunk.to(memory_format=torch.channels_last)
-    return probe, trunk, util.distribute(classifier, args)
+    return probe, trunk, distributed.distribute(classifier, args)
 
 
 def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
@@ -71,7 +72,7 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
     timer = util.Timer()
     for idx, (images, labels) in enumerate(loader):
         data_time.update(timer.lap())
-        images = util.to_device(images, args)
+        images = distributed.to_device(images, args)
         labels = labels.to(args.device, non_blocking=True)
         util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
 
@@ -88,7 +89,7 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
 
         # the global batch's loss and accuracy on every rank, as with one process (and a
         # non-finite loss on any rank stops them all)
-        loss_acc = util.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
+        loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
         guard.update(loss_acc[0], idx + 1)
         losses.update(loss_acc[0], len(labels))
         top1.update(loss_acc[1], len(labels))
@@ -107,7 +108,7 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
 
 def main():
     args = parse_option()
-    util.init_distributed(args)
+    distributed.init_distributed(args)
     util.set_seed(args)
     ckpt = util.resume_checkpoint(args)
     args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)

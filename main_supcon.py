@@ -10,6 +10,7 @@ import torch
 
 import augment
 import datasets
+import distributed
 import util
 from evaluation import knn_accuracy
 from losses import SupConLoss
@@ -44,7 +45,7 @@ def set_loader(args):
 def set_model(args):
     model = SupConResNet(args.model, head=args.head, feat_dim=args.feat_dim, stem=args.stem, width=args.width)
     criterion = SupConLoss(temperature=args.temp)
-    return util.distribute(model, args), criterion
+    return distributed.distribute(model, args), criterion
 
 
 def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
@@ -54,7 +55,7 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
     timer = util.Timer()
     for idx, (images, labels) in enumerate(loader):
         data_time.update(timer.lap())
-        images = util.to_device(torch.cat(images, 0), args)
+        images = distributed.to_device(torch.cat(images, 0), args)
         labels = labels.to(args.device, non_blocking=True)
         bsz = labels.shape[0]
         util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
@@ -64,8 +65,8 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
         features = torch.stack(features.split(bsz), 1)  # [bsz, n_views, D]
         # Negatives come from the whole global batch: every rank computes the global loss, and
         # the gathered rows' gradients are summed back to their ranks.
-        features = util.gather_with_grad(features)
-        loss = criterion(features, util.gather(labels) if args.method == 'SupCon' else None)
+        features = distributed.gather_with_grad(features)
+        loss = criterion(features, distributed.gather(labels) if args.method == 'SupCon' else None)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -88,7 +89,7 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
 
 def main():
     args = parse_option()
-    util.init_distributed(args)
+    distributed.init_distributed(args)
     util.set_seed(args)
     ckpt = util.resume_checkpoint(args)
     args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)

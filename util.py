@@ -5,7 +5,6 @@ import ast
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
 from networks.resnet_big import MODEL_NAMES, build_trunk, default_stem
 
@@ -272,70 +270,7 @@ def accuracy(output, target, topk=(1,)):
     return [correct[:, :min(k, maxk)].any(1).float().mean() * 100 for k in topk]
 
 
-# ----------------------------------------------------------------------------- distributed
-
-def init_distributed(args):
-    """One code path for CPU, one GPU, torchrun and SLURM srun. Sets args.rank, args.world_size,
-    args.device; NCCL on GPUs, gloo on CPU. --batch_size stays the global batch."""
-    env = os.environ
-    if getattr(args, 'multiprocessing_distributed', False) and 'RANK' not in env:
-        relaunch_with_torchrun(args)
-    if 'RANK' in env and 'WORLD_SIZE' in env:  # torchrun
-        rank, world, local = int(env['RANK']), int(env['WORLD_SIZE']), int(env.get('LOCAL_RANK', 0))
-    elif int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1:  # srun, one task per GPU
-        rank, world, local = int(env['SLURM_PROCID']), int(env['SLURM_STEP_NUM_TASKS']), int(env['SLURM_LOCALID'])
-        if 'MASTER_ADDR' not in env:
-            hosts = subprocess.run(['scontrol', 'show', 'hostnames', env['SLURM_STEP_NODELIST']],
-                                   capture_output=True, text=True, check=True).stdout.split()
-            env['MASTER_ADDR'] = hosts[0]
-        env.setdefault('MASTER_PORT', str(29500 + int(env.get('SLURM_JOB_ID', 0)) % 1000))
-    else:
-        rank, world, local = 0, 1, 0
-    args.rank, args.world_size = rank, world
-
-    if getattr(args, 'gpu', None) is not None:
-        if world > 1:
-            raise UserError('--gpu picks the GPU of a single-process run; under torchrun/srun each process takes its LOCAL_RANK')
-        if not torch.cuda.is_available():
-            raise UserError(f'--gpu {args.gpu} given but no GPU is visible')
-        local = args.gpu
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        args.device = torch.device('cuda', local)
-        torch.backends.cudnn.benchmark = True
-        if world == 1 and torch.cuda.device_count() > 1 and rank == 0:
-            print(f'note: {torch.cuda.device_count()} GPUs visible, training on one; '
-                  f'use torchrun --nproc_per_node={torch.cuda.device_count()} to use them all')
-    else:
-        args.device = torch.device('cpu')
-    if world > 1:
-        backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.type == 'cuda' else 'gloo')
-        dist.init_process_group(backend, rank=rank, world_size=world)
-    if args.batch_size % world:
-        raise UserError(f'--batch_size {args.batch_size} is not divisible by the {world} processes')
-    if getattr(args, 'batch_size_val', None) is None:
-        args.batch_size_val = args.batch_size
-    if args.syncBN and world == 1 and rank == 0:
-        print('note: --syncBN has no effect with a single process')
-
-
-def relaunch_with_torchrun(args):
-    """MoCo's --multiprocessing-distributed: one process per visible GPU on each of --world-size
-    nodes, rendezvous at --dist-url. torchrun does exactly that, so the command is re-executed
-    under it (the children see RANK and skip this)."""
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
-        raise UserError('--multiprocessing-distributed starts one process per GPU and none is visible; '
-                        'drop it to train in this process')
-    url = args.dist_url or 'tcp://localhost:10001'
-    host, _, port = url.removeprefix('tcp://').rpartition(':')
-    if not host or not port.isdigit():
-        raise UserError(f'--dist-url must look like tcp://HOST:PORT, got {url!r}')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}', f'--nnodes={args.nodes}',
-           f'--node_rank={args.node_rank}', f'--master_addr={host}', f'--master_port={port}', *sys.argv]
-    print(f'note: --multiprocessing-distributed: running {" ".join(cmd[1:6])} ...', flush=True)
-    os.execv(sys.executable, cmd)
-
+# ----------------------------------------------------------------------------- processes
 
 def is_main():
     return not dist.is_initialized() or dist.get_rank() == 0
@@ -345,127 +280,8 @@ def world_size():
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward sums the gradients too (each rank's output feeds its own loss)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        x = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):
-        # Collectives read raw memory: a strided gradient (e.g. from a transpose) must be packed.
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
-        dist.all_gather(out, x.contiguous())
-        return torch.cat(out, 0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = _AllReduceSum.backward(ctx, grad)  # every rank's gradient w.r.t. the whole batch, summed
-        n = grad.shape[0] // world_size()
-        return grad[dist.get_rank() * n:(dist.get_rank() + 1) * n]
-
-
-def gather_with_grad(x):
-    """Concatenate x from all ranks along dim 0; gradients flow back to every rank's slice."""
-    if world_size() == 1:
-        return x
-    return _GatherWithGrad.apply(x)
-
-
-@torch.no_grad()
-def gather(x):
-    """Concatenate x from all ranks along dim 0 (no gradient)."""
-    if world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out, 0)
-
-
-def reduce_mean(x):
-    """Mean of a tensor over ranks (for logging)."""
-    if world_size() == 1:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / world_size()
-
-
-class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """SyncBatchNorm for CPU processes (gloo), where nn.SyncBatchNorm has no kernel: batch
-    statistics are summed over ranks with an autograd-aware all_reduce."""
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        dims = [0] + list(range(2, x.dim()))
-        c = x.shape[1]
-        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / (n - 1), self.momentum)
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
-
-
-def convert_sync_batchnorm(module, device):
-    """nn.SyncBatchNorm on GPUs; on CPU processes our all_reduce version with the same maths."""
-    if device.type == 'cuda':
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    out = module
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        out = _GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
-        out.load_state_dict(module.state_dict())
-    for name, child in module.named_children():
-        out.add_module(name, convert_sync_batchnorm(child, device))
-    return out
-
-
-def distribute(model, args):
-    """Move to the device (channels_last on CUDA), convert BN for --syncBN, wrap in DDP."""
-    if args.syncBN and args.world_size > 1:
-        model = convert_sync_batchnorm(model, args.device)
-    model = model.to(args.device)
-    if args.device.type == 'cuda':
-        model = model.to(memory_format=torch.channels_last)
-    if args.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.device.index] if args.device.type == 'cuda' else None)
-    return model
-
-
 def unwrap(model):
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def to_device(images, args):
-    """Copy a batch to the device, channels_last on CUDA."""
-    images = images.to(args.device, non_blocking=True)
-    if args.device.type == 'cuda' and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images
 
 
 # ----------------------------------------------------------------------------- precision, seeds

@@ -261,8 +261,8 @@ def test_every_seed_command_parses(tmp_path, monkeypatch):
 
 
 def test_mixed_precision_fp16_saves_the_scaler(shared_data, tmp_path):
-    proc = check_ok(run_script('main_supcon.py', '--dataset', 'path', '--data_folder', shared_data[0], '--amp', 'fp16',
-                               '--batch_size', '8', '--epochs', '1', '--knn_freq', '0', *SMALL, cwd=tmp_path))
+    check_ok(run_script('main_supcon.py', '--dataset', 'path', '--data_folder', shared_data[0], '--amp', 'fp16',
+                     '--batch_size', '8', '--epochs', '1', '--knn_freq', '0', *SMALL, cwd=tmp_path))
     ckpt = assert_our_checkpoint(only_file(tmp_path / 'save'), 'SupCon', 1)
     assert ckpt['args']['amp'] == 'fp16'
     assert ckpt['scaler'] and ckpt['scaler']['scale'] > 0
