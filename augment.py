@@ -29,10 +29,11 @@ def supcon_transform(size, mean, std):
     ])
 
 
-def crop_flip_transform(size, mean, std):
-    """Supervised training and linear evaluation: random resized crop (20-100%) and flip."""
+def crop_flip_transform(size, mean, std, min_scale=0.2):
+    """Supervised training and linear evaluation: random resized crop (min_scale-100% of the
+    area; SupContrast 20%, MoCo's linear protocol torchvision's 8%) and flip."""
     return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+        T.RandomResizedCrop(size, scale=(min_scale, 1.0)),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(mean, std),

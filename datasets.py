@@ -79,13 +79,37 @@ def load_image(path):
         raise UserError(f'cannot read image {path}: {e}; remove or replace the file')
 
 
+class UnlabelledFolder(Dataset):
+    """The images directly inside a folder (COCO's train2017/, say), all with label 0: enough for
+    self-supervised pretraining."""
+    classes = ['unlabelled']
+
+    def __init__(self, root, files, transform):
+        self.samples = [os.path.join(root, f) for f in files]
+        self.targets = [0] * len(files)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        img = load_image(self.samples[i])
+        return (self.transform(img) if self.transform else img), 0
+
+
 def image_folder(root, transform, what):
+    """ImageFolder (one sub-folder per class), or the loose images of a folder without any."""
     if not os.path.isdir(root):
-        raise UserError(f'{what} {root} does not exist; it must hold one sub-folder of images per class')
+        raise UserError(f'{what} {root} does not exist; it must hold images, or one sub-folder of images per class')
     try:
         return tvd.ImageFolder(root, transform=transform, loader=load_image)
     except FileNotFoundError as e:
-        raise UserError(f'{what} {root} holds no images: {e}')
+        files = sorted(f for f in os.listdir(root) if f.lower().endswith(tvd.folder.IMG_EXTENSIONS))
+        if not files:
+            raise UserError(f'{what} {root} holds no images: {e}')
+        if is_main():
+            print(f'note: {root} has no class sub-folders: {len(files)} unlabelled images')
+        return UnlabelledFolder(root, files, transform)
 
 
 def torchvision_set(cls, args, transform, **split):

@@ -21,13 +21,30 @@ from evaluation import evaluate
 from networks.resnet_big import LinearClassifier
 
 
+# Each method's published linear protocol: the defaults of the options below. Flags given on the
+# command line override them.
+PROTOCOLS = {
+    'supcon': dict(learning_rate=0.1, lr_decay_epochs='60,75,90', lr_decay_rate=0.2, weight_decay=0.0,
+                   epochs=100, fc_init='default', crop_min_scale=0.2),
+    # MoCo's lincls: lr 30, x0.1 at 60 and 80, no weight decay, fc ~ N(0, 0.01), torchvision's crop
+    'moco': dict(learning_rate=30.0, lr_decay_epochs='60,80', lr_decay_rate=0.1, weight_decay=0.0,
+                 epochs=100, fc_init='normal', crop_min_scale=0.08),
+}
+
+
 def parse_option():
     parser = argparse.ArgumentParser(description='linear evaluation of a frozen trunk')
-    util.add_common_options(parser, batch_size=256, learning_rate=0.1, lr_decay_epochs='60,75,90',
-                            lr_decay_rate=0.2, weight_decay=0.0, epochs=100)
+    util.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
+                                                        if k not in ('fc_init', 'crop_min_scale')})
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
+    parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default='supcon',
+                        help='defaults of a published linear protocol: supcon (SupContrast), moco (MoCo v1/v2)')
+    parser.add_argument('--fc_init', choices=['default', 'normal'], help="'normal': weights N(0, 0.01), bias 0")
+    parser.add_argument('--crop_min_scale', type=float, help='smallest area of the training crop')
     parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
     parser.add_argument('--batch_size_val', type=int, default=None)
+    protocol = parser.parse_known_args()[0].protocol
+    parser.set_defaults(**PROTOCOLS[protocol])
     args = parser.parse_args()
 
     args.pretrained = util.load_checkpoint(args.ckpt)
@@ -37,13 +54,17 @@ def parse_option():
     util.finish_options(args, force_warm=False)
     name = (f'{args.pretrained["args"]["run_name"]}_epoch_{args.pretrained["epoch"]}_linear_{args.dataset}'
             f'_lr_{args.learning_rate}_bsz_{args.batch_size}_trial_{args.trial}')
+    if args.protocol != 'supcon':
+        name += f'_{args.protocol}'
+
     util.name_run(args, name, 'Linear', name_width=False)  # the trunk's run name has the width
     return args
 
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std))
+    train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std,
+                                                                              args.crop_min_scale))
     val_set = datasets.image_dataset(args, False, datasets.eval_view(args))
     args.n_classes = datasets.num_classes(args, train_set)
     return datasets.train_loader(train_set, args), datasets.eval_loader(val_set, args)
@@ -55,6 +76,9 @@ def set_model(args):
     trunk = util.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}')
     del args.pretrained  # not an option: keep it out of the saved args
     classifier = LinearClassifier(trunk.feat_dim, num_classes=args.n_classes)
+    if args.fc_init == 'normal':
+        nn.init.normal_(classifier.fc.weight, std=0.01)
+        nn.init.zeros_(classifier.fc.bias)
     probe = nn.Sequential(OrderedDict(encoder=trunk, classifier=classifier))
     trunk.requires_grad_(False)
     trunk.to(args.device)
