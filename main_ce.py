@@ -88,12 +88,7 @@ def train(loader, model, optimizer, scaler, guard, epoch, args):
         batch_time.update(timer.lap())
         if (idx + 1) % args.print_freq == 0:
             guard.check(epoch, args.last_good)
-            if util.is_main():
-                print(f'Train: [{epoch}][{idx + 1}/{len(loader)}]\t'
-                      f'BT {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
-                      f'DT {data_time.val:.3f} ({data_time.avg:.3f})\t'
-                      f'loss {losses.val:.3f} ({losses.avg:.3f})\t'
-                      f'Acc@1 {top1.val:.3f} ({top1.avg:.3f})', flush=True)
+            util.print_step(epoch, idx + 1, len(loader), batch_time, data_time, {'loss': losses, 'Acc@1': top1})
     guard.check(epoch, args.last_good)
     return losses.avg, top1.avg
 

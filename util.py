@@ -262,6 +262,14 @@ class NonFiniteGuard:
                             f'lower --learning_rate or check the data')
 
 
+def print_step(epoch, step, steps, batch_time, data_time, meters):
+    """SupContrast's progress line (rank 0): batch and data time, then each meter's value and average."""
+    if is_main():
+        values = ''.join(f'\t{name} {m.val:.3f} ({m.avg:.3f})' for name, m in meters.items())
+        print(f'Train: [{epoch}][{step}/{steps}]\tBT {batch_time.val:.3f} ({batch_time.avg:.3f})\t'
+              f'DT {data_time.val:.3f} ({data_time.avg:.3f}){values}', flush=True)
+
+
 def accuracy(output, target, topk=(1,)):
     """Top-k accuracy in percent for each k."""
     maxk = min(max(topk), output.shape[1])
