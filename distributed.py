@@ -123,6 +123,16 @@ def gather(x):
     return torch.cat(out, 0)
 
 
+@torch.no_grad()
+def broadcast_from_rank0(module):
+    """Give every rank rank 0's parameters and buffers, as DDP does for the model it wraps: for
+    state drawn at random outside DDP (a queue of keys), which would otherwise differ per rank."""
+    if world_size() > 1:
+        for t in module.state_dict().values():  # detached views of the module's own tensors
+            dist.broadcast(t, 0)
+    return module
+
+
 def reduce_mean(x):
     """Mean of a tensor over ranks (for logging)."""
     if world_size() == 1:

@@ -66,6 +66,8 @@ def parse_option():
     if args.schedule is not None:
         args.lr_decay_epochs = ','.join(map(str, args.schedule))
     util.finish_options(args, force_warm=False)
+    if args.warm:  # --warm: linear warm-up to where MoCo's schedule stands after the warm-up epochs
+        args.warmup_to = learning_rate(args, args.warm_epochs + 1)
     # Any crop option selects the Revisiting multi-crop pipeline (MoCo v2 augmentation per crop),
     # as the released code's scripts do for the baseline too.
     args.multi_crop = any(getattr(args, k) is not None for k in
@@ -133,8 +135,10 @@ def set_model(args):
 
     model = distributed.distribute(model, args)
     momentum = MomentumEncoder(util.unwrap(model)).to(args.device)
-    queue = Queue(args.moco_k, args.moco_dim).to(args.device)
-    queue_backbone = Queue(args.moco_k, trunk.feat_dim).to(args.device) if args.aux_weight > 0 else None
+    # One queue shared by all ranks, as MoCo's DDP-broadcast buffer: its random initial rows are rank 0's.
+    queue = distributed.broadcast_from_rank0(Queue(args.moco_k, args.moco_dim).to(args.device))
+    queue_backbone = (distributed.broadcast_from_rank0(Queue(args.moco_k, trunk.feat_dim).to(args.device))
+                      if args.aux_weight > 0 else None)
     return model, momentum, queue, queue_backbone
 
 
@@ -158,6 +162,7 @@ def train(loader, model, momentum, queue, queue_backbone, optimizer, scaler, gua
         crops = [distributed.to_device(c, args) for c in crops]
         query_crops, key_crop = crops[:1] + crops[2:], crops[1]
         bsz = key_crop.shape[0]
+        util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
 
         with util.autocast(args):
             q, q_trunk = model(query_crops)  # [bsz * (crops - 1), D], crop-major
@@ -178,8 +183,10 @@ def train(loader, model, momentum, queue, queue_backbone, optimizer, scaler, gua
         if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
             queue_backbone.enqueue(distributed.gather(F.normalize(k_trunk.float(), dim=1)))
 
-        guard.update(loss, idx + 1)
-        losses.update(loss, bsz)
+        # the mean over ranks: every rank prints the same, and a non-finite loss anywhere stops all
+        mean_loss = distributed.reduce_mean(loss.detach())
+        guard.update(mean_loss, idx + 1)
+        losses.update(mean_loss, bsz)
         batch_time.update(timer.lap())
         if (idx + 1) % args.print_freq == 0:
             guard.check(epoch, args.last_good)
@@ -199,8 +206,12 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = util.grad_scaler(args)
-    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
     extra = {'momentum': momentum, 'queue': queue, 'queue_backbone': queue_backbone}
+    missing = [key for key, module in extra.items() if ckpt and module is not None and key not in ckpt]
+    if missing:  # not a MoCo checkpoint, or one trained without the kNN loss's queue_backbone
+        raise util.UserError(f'--resume {ckpt["path"]} has no {" or ".join(missing)}: resume a main_moco.py '
+                             f'checkpoint trained with the same options (--aux_weight > 0 or not)')
+    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
     if ckpt:
         for key, module in extra.items():
             if module is not None:
