@@ -240,16 +240,6 @@ def _loader_kwargs(args):
                 persistent_workers=args.num_workers > 0)
 
 
-def data_seed(args):
-    """The seed every rank's sampler agrees on: --seed, or a random one from rank 0."""
-    if args.seed is not None:
-        return args.seed
-    seed = torch.randint(2**31 - 1, ()).to(args.device)
-    if args.world_size > 1:
-        torch.distributed.broadcast(seed, 0)
-    return int(seed)
-
-
 def knn_loaders(args):
     """(bank, test) loaders for the kNN monitor, or None when it is off. --knn_freq defaults to
     10 epochs where the dataset has an evaluation split."""

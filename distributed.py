@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import util
 from util import UserError, world_size
 
 
@@ -202,3 +203,23 @@ def to_device(images, args):
     if args.device.type == 'cuda' and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     return images
+
+
+def start(args):
+    """The set-up every script begins with: ranks and device, seeds, the --resume checkpoint, and
+    the data seed all ranks' samplers share (--seed, the resumed run's, or a random one from rank 0).
+    Returns the checkpoint to resume from, or None."""
+    init_distributed(args)
+    util.set_seed(args)
+    ckpt = util.resume_checkpoint(args)
+    if ckpt:
+        args.data_seed = ckpt['args']['data_seed']
+    elif args.seed is not None:
+        args.data_seed = args.seed
+    else:
+        seed = torch.randint(2**31 - 1, ()).to(args.device)
+        if world_size() > 1:
+            dist.broadcast(seed, 0)
+        args.data_seed = int(seed)
+    args.last_good = ckpt['path'] if ckpt else None  # what a non-finite loss leaves behind
+    return ckpt

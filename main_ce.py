@@ -95,10 +95,7 @@ def train(loader, model, optimizer, scaler, guard, epoch, args):
 
 def main():
     args = parse_option()
-    distributed.init_distributed(args)
-    util.set_seed(args)
-    ckpt = util.resume_checkpoint(args)
-    args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)
+    ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
     model = set_model(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
@@ -106,7 +103,6 @@ def main():
     scaler = util.grad_scaler(args)
     start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
     best_acc = ckpt['best_acc'] if ckpt else 0.0
-    args.last_good = ckpt['path'] if ckpt else None
     logger = util.Logger(args.tb_folder)
     guard = util.NonFiniteGuard(args.device)
 

@@ -127,10 +127,7 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
 
 def main():
     args = parse_option()
-    distributed.init_distributed(args)
-    util.set_seed(args)
-    ckpt = util.resume_checkpoint(args)
-    args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)
+    ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
     probe, trunk, classifier = set_model(args)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=args.learning_rate, momentum=args.momentum,
@@ -138,7 +135,6 @@ def main():
     scaler = util.grad_scaler(args)
     start_epoch = util.restore(ckpt, args, probe, optimizer, scaler)
     best_acc, best_acc5 = (ckpt['best_acc'], ckpt['best_acc5']) if ckpt else (0.0, 0.0)
-    args.last_good = ckpt['path'] if ckpt else None
     logger = util.Logger(args.tb_folder)
     guard = util.NonFiniteGuard(args.device)
 

@@ -197,10 +197,7 @@ def train(loader, model, momentum, queue, queue_backbone, optimizer, scaler, gua
 
 def main():
     args = parse_option()
-    distributed.init_distributed(args)
-    util.set_seed(args)
-    ckpt = util.resume_checkpoint(args)
-    args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)
+    ckpt = distributed.start(args)
     loader, knn = set_loader(args)
     model, momentum, queue, queue_backbone = set_model(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
@@ -216,7 +213,6 @@ def main():
         for key, module in extra.items():
             if module is not None:
                 util.load_state(module, ckpt[key], f'--resume {ckpt["path"]} ({key})')
-    args.last_good = ckpt['path'] if ckpt else None
     logger = util.Logger(args.tb_folder)
     guard = util.NonFiniteGuard(args.device)
 

@@ -85,17 +85,13 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
 
 def main():
     args = parse_option()
-    distributed.init_distributed(args)
-    util.set_seed(args)
-    ckpt = util.resume_checkpoint(args)
-    args.data_seed = ckpt['args']['data_seed'] if ckpt else datasets.data_seed(args)
+    ckpt = distributed.start(args)
     loader, knn = set_loader(args)
     model, criterion = set_model(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = util.grad_scaler(args)
     start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
-    args.last_good = ckpt['path'] if ckpt else None
     logger = util.Logger(args.tb_folder)
     guard = util.NonFiniteGuard(args.device)
 

@@ -38,7 +38,7 @@ def replay_args(argv, monkeypatch, rank=0, world=1):
     """The options of a run of `argv`, as rank `rank` of `world` processes on the CPU sees them."""
     args = parse(argv, monkeypatch)
     args.rank, args.world_size, args.device = rank, world, torch.device('cpu')
-    args.data_seed = args.seed  # what datasets.data_seed gives a seeded run
+    args.data_seed = args.seed  # what distributed.start gives a seeded run
     return args
 
 
