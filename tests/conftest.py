@@ -78,6 +78,19 @@ def step_losses(stdout):
     return [float(m) for m in re.findall(r'^Train: .*?\tloss ([-\d.naif]+) \(', stdout, flags=re.M)]
 
 
+def assert_user_error(proc, cwd, *needles):
+    """Exit 2, exactly one stderr line 'error: ...' containing every needle, no traceback, no .pth."""
+    assert proc.returncode == 2, f'exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    assert 'Traceback' not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert str(needle) in lines[0], f'{needle!r} not in {lines[0]!r}'
+    written = [p for p in (cwd / 'save').rglob('*')] if (cwd / 'save').exists() else []
+    assert not [p for p in written if p.is_file() and '.pth' in p.name], written
+    return lines[0]
+
+
 def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 

@@ -7,23 +7,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import SMALL, load, make_image_folder, only_file, run_script
+from conftest import SMALL, assert_user_error, load, make_image_folder, only_file, run_script
 
 CE_RUN = ['--dataset', 'path', '--batch_size', '4', '--epochs', '1', *SMALL]
 PATH_RUN = [*CE_RUN, '--knn_freq', '0']
-
-
-def assert_user_error(proc, cwd, *needles):
-    """Exit 2, exactly one stderr line 'error: ...' containing every needle, no traceback, no .pth."""
-    assert proc.returncode == 2, f'exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    assert 'Traceback' not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert str(needle) in lines[0], f'{needle!r} not in {lines[0]!r}'
-    written = [p for p in (cwd / 'save').rglob('*')] if (cwd / 'save').exists() else []
-    assert not [p for p in written if p.is_file() and '.pth' in p.name], written
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- data

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import distributed
 import main_moco
 import util
-from conftest import SMALL, check_ok, load, only_file, run_ranks, run_script
+from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_ranks, run_script
 from networks.momentum import SplitBatchNorm
 
 MOCO_V2 = ['--mlp', '--moco_t', '0.2', '--aug_plus', '--cos']
@@ -75,18 +75,6 @@ def run_main(argv, cwd, monkeypatch, capsys):
 
 def assert_unit_rows(t):
     assert torch.allclose(t.norm(dim=1), torch.ones(t.shape[0]), atol=1e-5)
-
-
-def assert_user_error(proc, cwd, *needles):
-    """Exit 2, exactly one stderr line 'error: ...' containing every needle, no traceback, no .pth."""
-    assert proc.returncode == 2, f'exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}'
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
-    assert 'Traceback' not in proc.stderr + proc.stdout
-    for needle in needles:
-        assert str(needle) in lines[0], f'{needle!r} not in {lines[0]!r}'
-    assert not [p for p in cwd.rglob('*.pth*') if p.is_file()]
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- MoCo v2 end to end
