@@ -33,15 +33,17 @@ def mlp_head(dim_in, hidden, dim_out, num_layers=2, bn=False, last_bn=False):
 
 
 class EncoderWithHead(nn.Module):
-    """Trunk (under `encoder`, as every model here) followed by a projection head. Takes one batch
-    or a list of crops; crops of equal size are batched together, so multi-crop inputs cost one
-    trunk call per resolution and one DDP forward. Returns (L2-normalised projections, trunk
-    features), rows in the order of the crops."""
+    """Trunk (under `encoder`, as every model here) followed by a projection head and, optionally, a
+    prediction head (SCE / BYOL's online branch; a momentum copy sets `predictor` to None). Takes one
+    batch or a list of crops; crops of equal size are batched together, so multi-crop inputs cost one
+    trunk call per resolution and one DDP forward. Returns (L2-normalised outputs, trunk features),
+    rows in the order of the crops."""
 
-    def __init__(self, encoder, head):
+    def __init__(self, encoder, head, predictor=None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.predictor = predictor
 
     def forward(self, crops):
         if torch.is_tensor(crops):
@@ -54,4 +56,7 @@ class EncoderWithHead(nn.Module):
             feats.append(self.encoder(torch.cat(crops[start:end])))
             start = end
         feats = torch.cat(feats)
-        return F.normalize(self.head(feats), dim=1), feats
+        out = self.head(feats)
+        if self.predictor is not None:
+            out = self.predictor(out)
+        return F.normalize(out, dim=1), feats

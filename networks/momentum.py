@@ -22,20 +22,27 @@ import torch.nn.functional as F
 class MomentumEncoder(nn.Module):
     """A frozen deep copy of an online module, moved towards it by `update` (exponential moving
     average of the parameters). Buffers (BN running statistics) are not averaged: the copy keeps its
-    own, computed from the batches it sees, as in MoCo / BYOL. Calling it runs without autograd."""
+    own, computed from the batches it sees, as in MoCo / BYOL. Calling it runs without autograd.
+    Submodules named in `drop` are left out of the copy (set to None), e.g. SCE's predictor: the
+    target branch is trunk + projector only."""
 
-    def __init__(self, online):
+    def __init__(self, online, drop=()):
         super().__init__()
         self.module = copy.deepcopy(online)
+        for name in drop:
+            setattr(self.module, name, None)
         for p in self.module.parameters():
             p.requires_grad_(False)
+        self.names = [name for name, _ in self.module.named_parameters()]
 
     @torch.no_grad()
     def update(self, online, m):
         """param_k <- m * param_k + (1 - m) * param_q, for all parameters at once."""
-        k, q = list(self.module.parameters()), list(online.parameters())
-        if len(k) != len(q):
-            raise ValueError(f'online module has {len(q)} parameter tensors, momentum copy {len(k)}')
+        online_params = dict(online.named_parameters())
+        missing = [name for name in self.names if name not in online_params]
+        if missing:
+            raise ValueError(f'online module has no parameter {missing[0]} (of {len(missing)} missing)')
+        k, q = list(self.module.parameters()), [online_params[name] for name in self.names]
         # lerp(k, q, w) = k + w (q - k) = (1 - w) k + w q: one fused multi-tensor kernel instead of
         # hundreds of tiny ones (a ResNet-50 has ~160 parameter tensors).
         torch._foreach_lerp_(k, q, 1.0 - m)

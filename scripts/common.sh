@@ -1,5 +1,6 @@
 # Sourced by the reproduction scripts. launch SCRIPT ARGS... runs one stage:
 #   NGPU=N (default 1)  processes, through torchrun when N > 1 (one per GPU)
+#   inside a SLURM job  srun starts the job's tasks instead (one per GPU, all nodes); SRUN=0 opts out
 #   DATA=DIR            dataset root, passed as --data_folder (default ./datasets/)
 #   DRY_RUN=1           print the commands instead of running them
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,7 +9,9 @@ DATA=${DATA:-./datasets/}
 
 launch() {
     local cmd=(python "$@")
-    if [ "$NGPU" -gt 1 ]; then
+    if [ -n "${SLURM_JOB_ID:-}" ] && [ "${SRUN:-1}" = 1 ]; then
+        cmd=(srun --kill-on-bad-exit=1 python "$@")
+    elif [ "$NGPU" -gt 1 ]; then
         cmd=(torchrun --nproc_per_node "$NGPU" "$@")
     fi
     if [ "${DRY_RUN:-0}" = 1 ]; then

@@ -15,7 +15,7 @@ SCRIPTS = sorted(p for p in glob.glob(os.path.join(REPO, 'scripts', '*.sh')) if 
 
 
 def commands(script, **env):
-    out = subprocess.run(['bash', script], env={**os.environ, 'DRY_RUN': '1', **env},
+    out = subprocess.run(['bash', script], env={**os.environ, 'DRY_RUN': '1', 'SRUN': '0', **env},
                          capture_output=True, text=True, check=True).stdout
     return [shlex.split(line) for line in out.splitlines() if line.strip()]
 
@@ -42,21 +42,34 @@ def test_there_is_a_script_per_table_row():
 @pytest.mark.parametrize('script', SCRIPTS, ids=os.path.basename)
 def test_commands_parse_and_chain(script, monkeypatch):
     monkeypatch.chdir(REPO)
-    pretrained = None
+    pretrained = trained = None
     for cmd in commands(script):
         assert cmd[0] == 'python' and cmd[1].startswith('main_'), cmd
-        if cmd[1] == 'main_linear.py':
-            assert pretrained is not None, 'a linear stage needs a pretraining stage before it'
-            args = parse(cmd[1:], monkeypatch, pretrained)
-            written = {os.path.join(pretrained.save_folder, 'last.pth'),
-                       os.path.join(pretrained.save_folder, f'ckpt_epoch_{pretrained.epochs}.pth')}
-            assert os.path.normpath(args.ckpt) in {os.path.normpath(p) for p in written}
-            assert args.model == pretrained.model
-        else:
+        # linear, fine-tuning and retrieval stages evaluate the trunk a pretraining stage writes
+        reads = ('ckpt' if cmd[1] in ('main_linear.py', 'main_retrieval.py') else
+                 'pretrained' if '--pretrained' in cmd else None)
+        if reads is None:
             pretrained = parse(cmd[1:], monkeypatch)
+            continue
+        assert pretrained is not None, f'a {cmd[1]} stage needs a pretraining stage before it'
+        args = parse(cmd[1:], monkeypatch, pretrained)
+        written = {os.path.join(pretrained.save_folder, 'last.pth'),
+                   os.path.join(pretrained.save_folder, f'ckpt_epoch_{pretrained.epochs}.pth')}
+        assert os.path.normpath(getattr(args, reads)) in {os.path.normpath(p) for p in written}
+        assert args.model == pretrained.model
+        if '--test' in cmd:  # tests the run the stage before trained: same options, same folder
+            assert trained is not None and args.save_folder == trained.save_folder
+        trained = args
 
 
 def test_ngpu_launches_through_torchrun():
     cmds = commands(os.path.join(REPO, 'scripts', 'supcon_cifar10.sh'), NGPU='4', DATA='/data/cifar')
     assert all(c[:3] == ['torchrun', '--nproc_per_node', '4'] for c in cmds)
     assert all(c[c.index('--data_folder') + 1] == '/data/cifar' for c in cmds)
+
+
+def test_slurm_jobs_launch_through_srun():
+    cmds = commands(os.path.join(REPO, 'scripts', 'sce_imagenet_200ep.sh'), SLURM_JOB_ID='42', SRUN='1')
+    assert all(c[:3] == ['srun', '--kill-on-bad-exit=1', 'python'] for c in cmds)
+    cmds = commands(os.path.join(REPO, 'scripts', 'sce_imagenet_200ep.sh'), SLURM_JOB_ID='42', SRUN='0', NGPU='8')
+    assert all(c[:3] == ['torchrun', '--nproc_per_node', '8'] for c in cmds)

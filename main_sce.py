@@ -1,0 +1,313 @@
+"""SCE pretraining: Similarity Contrastive Estimation (Denize et al., WACV 2023).
+
+The online branch (trunk -> projector -> predictor) learns to match a soft target: the one-hot
+label of InfoNCE mixed with the momentum key's own similarities to a queue of past keys.
+
+    # ResNet-50 on ImageNet, 2x224, 200 epochs (the seed's run), LARS, batch 4096, 8 GPUs:
+    torchrun --nproc_per_node=8 main_sce.py --dataset imagenet --data_folder DIR --syncBN --amp bf16
+    # + multi-crop 2x224 + 192 + 160 + 128 + 96:
+    torchrun --nproc_per_node=8 main_sce.py --dataset imagenet --data_folder DIR --syncBN --amp bf16 \\
+        --nmb_crops 2 1 1 1 1 --size_crops 224 192 160 128 96 \\
+        --min_scale_crops 0.2 0.172 0.143 0.114 0.086 --max_scale_crops 1.0 0.86 0.715 0.571 0.429
+    # the CIFAR-10 recipe: ResNet-18, SGD, queue 4096, weak view -> momentum encoder
+    python main_sce.py --dataset cifar10
+
+    # videos (seed 001): R3D-18 on Kinetics-200 (the default recipe of a video --dataset), R3D-50 on
+    # Kinetics-400 with 8 or 16 frames; two clips per video, batch 512, LARS, sync-BN
+    torchrun --nproc_per_node=8 main_sce.py --dataset kinetics --data_folder DIR --syncBN --amp bf16
+    torchrun --nproc_per_node=8 main_sce.py --recipe r3d50_kinetics400 --dataset kinetics --data_folder DIR \\
+        --num_frames 16 --syncBN --amp bf16
+
+--recipe picks the defaults of a released configuration (imagenet, or cifar for the small-image
+datasets, r3d18_kinetics200 for videos); any flag given overrides them.
+"""
+import argparse
+import time
+
+import torch
+
+import augment
+import datasets
+import distributed
+import util
+from evaluation import knn_accuracy
+from losses import SCELoss
+from networks.heads import EncoderWithHead, mlp_head
+from networks.momentum import (MomentumEncoder, Queue, convert_split_batchnorm, cosine_momentum,
+                               shuffled_forward)
+from networks.resnet_big import build_trunk
+from video_datasets import VIDEO_DATASETS, add_video_options, check_model_fits_data, video_dataset
+
+
+# The released configurations. learning_rate is per 256 images: the run uses lr * batch_size / 256.
+RECIPES = {
+    # resnet50_imagenet.yaml: LARS, 10 warm-up epochs, symmetric loss, sync-BN, no shuffle-BN
+    'imagenet': dict(model='resnet50', size=224, batch_size=4096, learning_rate=0.3, weight_decay=1e-6,
+                     epochs=200, optimizer='lars', warmup_epochs=10, initial_momentum=0.99,
+                     momentum_schedule='cosine', sym=True, temp=0.1, temp_m=0.07, coeff=0.5,
+                     queue_size=65536, proj_hidden=4096, proj_dim=256, proj_layers=3, proj_last_bn=True,
+                     pred_hidden=4096, pred_layers=2, shuffle_bn=False),
+    # the paper's CIFAR setting: ResNet-18, SGD, weak view for the target, strong one for the online branch
+    'cifar': dict(model='resnet18', size=32, batch_size=256, learning_rate=0.06, weight_decay=5e-4,
+                  epochs=200, optimizer='sgd', warmup_epochs=5, initial_momentum=0.99,
+                  momentum_schedule='constant', sym=False, temp=0.1, temp_m=0.05, coeff=0.5,
+                  queue_size=4096, proj_hidden=512, proj_dim=128, proj_layers=2, proj_last_bn=False,
+                  pred_hidden=512, pred_layers=0, shuffle_bn=True),
+    # the video configurations (resnet3d18_kinetics200.yaml, resnet3d50_kinetics400.yaml): two clips of
+    # --num_frames, LARS lr 2.4 per 256 (4.8 at batch 512), 35 warm-up epochs, temp_m 0.05; no kNN
+    # monitor by default (--knn_freq N: one clip per video, but over a whole split)
+    'r3d18_kinetics200': dict(model='r3d18', size=224, batch_size=512, learning_rate=2.4, weight_decay=1e-6,
+                              epochs=200, optimizer='lars', warmup_epochs=35, initial_momentum=0.99,
+                              momentum_schedule='cosine', sym=True, temp=0.1, temp_m=0.05, coeff=0.5,
+                              queue_size=32768, proj_hidden=1024, proj_dim=256, proj_layers=3, proj_last_bn=True,
+                              pred_hidden=1024, pred_layers=2, shuffle_bn=False, knn_freq=0),
+    'r3d50_kinetics400': dict(model='r3d50', size=224, batch_size=512, learning_rate=2.4, weight_decay=1e-6,
+                              epochs=200, optimizer='lars', warmup_epochs=35, initial_momentum=0.99,
+                              momentum_schedule='cosine', sym=True, temp=0.1, temp_m=0.05, coeff=0.5,
+                              queue_size=65536, proj_hidden=4096, proj_dim=256, proj_layers=3, proj_last_bn=True,
+                              pred_hidden=4096, pred_layers=2, shuffle_bn=False, knn_freq=0),
+}
+SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'stl10', 'digits')
+
+
+def parse_option():
+    parser = argparse.ArgumentParser(description='SCE pretraining')
+    util.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
+                            lr_decay_rate=0.1, weight_decay=None, epochs=None)
+    util.add_knn_options(parser)
+    util.add_launcher_options(parser)
+    parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,
+                        help='defaults of a released configuration (default: cifar for cifar10/cifar100/stl10/digits, '
+                             'r3d18_kinetics200 for videos, else imagenet)')
+    parser.add_argument('--optimizer', choices=['lars', 'sgd'], help='LARS: trust coefficient --trust_coefficient')
+    parser.add_argument('--trust_coefficient', type=float, default=1e-3)
+    parser.add_argument('--warmup_epochs', type=int, help='linear warm-up from 0, then a per-step cosine to 0')
+
+    g = parser.add_argument_group('SCE')
+    g.add_argument('--temp', type=float, help='temperature of the online similarities')
+    g.add_argument('--temp_m', type=float, help='temperature of the target (momentum) similarities')
+    g.add_argument('--coeff', type=float, help='weight of the one-hot label in the target (1 = InfoNCE)')
+    g.add_argument('--queue_size', type=int, help='keys in the queue')
+    g.add_argument('--initial_momentum', type=float, help='momentum of the target encoder at step 0')
+    g.add_argument('--momentum_schedule', choices=['cosine', 'constant'],
+                   help='cosine: from --initial_momentum to 1 over the run, per step')
+    g.add_argument('--sym', action=argparse.BooleanOptionalAction,
+                   help='symmetric loss: each global crop\'s key against every other crop\'s query; '
+                        '--no-sym: crop 0 (weak) feeds the target, the others the online branch')
+    g.add_argument('--shuffle_bn', action=argparse.BooleanOptionalAction,
+                   help='shuffle the keys\' batch for BatchNorm (across ranks, or --bn_splits on one process)')
+    g.add_argument('--bn_splits', type=int, default=None, help='one process: BN over this many sub-batches (default 8)')
+    g.add_argument('--proj_hidden', type=int)
+    g.add_argument('--proj_dim', type=int)
+    g.add_argument('--proj_layers', type=int, help='Linear layers of the projector')
+    g.add_argument('--proj_last_bn', action=argparse.BooleanOptionalAction, help='BN without affine after the projector')
+    g.add_argument('--pred_hidden', type=int)
+    g.add_argument('--pred_layers', type=int, help='Linear layers of the predictor (0 = no predictor)')
+    g.add_argument('--nmb_crops', type=int, nargs='+', default=[2], help='crops per resolution; 2 global crops first')
+    g.add_argument('--size_crops', type=int, nargs='+', default=None, help='default --size')
+    g.add_argument('--min_scale_crops', type=float, nargs='+', default=None, help='default 0.2')
+    g.add_argument('--max_scale_crops', type=float, nargs='+', default=None, help='default 1.0')
+    add_video_options(parser)
+
+    known = parser.parse_known_args()[0]
+    recipe = known.recipe or ('cifar' if known.dataset in SMALL_IMAGE_DATASETS else
+                              'r3d18_kinetics200' if known.dataset in VIDEO_DATASETS else 'imagenet')
+    parser.set_defaults(recipe=recipe, cosine=True, **RECIPES[recipe])
+    args = parser.parse_args()
+
+    if args.warm:
+        raise util.UserError('--warm: main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
+    if args.lr_decay_epochs:
+        raise util.UserError('--lr_decay_epochs: SCE\'s schedule is a warm-up then a cosine to 0; drop it')
+    util.finish_options(args, force_warm=False)
+    check_model_fits_data(args)
+    if args.dataset in VIDEO_DATASETS and (args.nmb_crops != [2] or args.size_crops or args.min_scale_crops
+                                           or args.max_scale_crops):
+        raise util.UserError('--nmb_crops/--size_crops/--min_scale_crops/--max_scale_crops: video pretraining '
+                             'takes two clips of --size; drop them')
+    if args.recipe == 'cifar' and args.nmb_crops != [2]:
+        raise util.UserError('--nmb_crops: the cifar recipe has one weak and one strong view; multi-crop '
+                             'needs --recipe imagenet')
+    args.size_crops = args.size_crops or [args.size] * len(args.nmb_crops)
+    args.min_scale_crops = args.min_scale_crops or [0.2] * len(args.nmb_crops)
+    args.max_scale_crops = args.max_scale_crops or [1.0] * len(args.nmb_crops)
+    args.lr = args.learning_rate * args.batch_size / 256
+    args.num_keys = 2 if args.sym else 1  # global crops through the momentum encoder
+    if args.queue_size % (args.num_keys * args.batch_size):
+        raise util.UserError(f'--queue_size {args.queue_size} is not divisible by the {args.num_keys * args.batch_size} '
+                             f'keys each step enqueues ({args.num_keys} x --batch_size {args.batch_size})')
+
+    name = (f'SCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
+            f'_bsz_{args.batch_size}_temp_{args.temp}_tempm_{args.temp_m}_coeff_{args.coeff}_trial_{args.trial}')
+    if sum(args.nmb_crops) > 2:
+        name += '_crops_' + '_'.join(f'{n}x{s}' for n, s in zip(args.nmb_crops, args.size_crops))
+    if args.sym:
+        name += '_sym'
+    if args.dataset in VIDEO_DATASETS:
+        name += f'_frames_{args.num_frames}'
+    util.name_run(args, name, 'SCE')
+    return args
+
+
+def set_loader(args):
+    mean, std = datasets.mean_std(args)
+    if args.dataset in VIDEO_DATASETS:
+        # two clips of each video, each with its own view (SCE's asymmetric blur / solarize); a clip
+        # becomes its temporal difference with p 0.2, as released
+        train_set = video_dataset(args, True, augment.clip_views(args.size, mean, std), time_difference_p=0.2)
+        return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+    try:
+        if args.recipe == 'cifar':
+            views = augment.sce_cifar_views(args.size, mean, std)
+        else:
+            views = augment.sce_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                      args.max_scale_crops, mean, std)
+    except ValueError as e:
+        raise util.UserError(str(e))
+    train_set = datasets.image_dataset(args, True, views)
+    # every step enqueues a whole global batch: a partial last batch would break the queue's layout
+    return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+
+
+def set_model(args):
+    """Online encoder (trunk, projector, predictor), its momentum copy without the predictor, the queue."""
+    trunk = build_trunk(args.model, stem=args.stem, width=args.width)
+    projector = mlp_head(trunk.feat_dim, args.proj_hidden, args.proj_dim, args.proj_layers, bn=True,
+                         last_bn=args.proj_last_bn)
+    predictor = (mlp_head(args.proj_dim, args.pred_hidden, args.proj_dim, args.pred_layers, bn=True)
+                 if args.pred_layers > 0 else None)
+    model = EncoderWithHead(trunk, projector, predictor)
+
+    per_rank = args.batch_size // args.world_size
+    if args.bn_splits is None:
+        args.bn_splits = 8 if args.shuffle_bn and args.world_size == 1 and per_rank % 8 == 0 else 1
+    if args.bn_splits > 1:
+        if not args.shuffle_bn or args.world_size > 1:
+            raise util.UserError('--bn_splits emulates shuffle-BN on one process: it needs --shuffle_bn and '
+                                 'a single process')
+        if per_rank % args.bn_splits:
+            raise util.UserError(f'--batch_size {args.batch_size} is not divisible by --bn_splits {args.bn_splits}')
+        model = convert_split_batchnorm(model, args.bn_splits)
+
+    model = distributed.distribute(model, args)
+    momentum = MomentumEncoder(util.unwrap(model), drop=('predictor',)).to(args.device)
+    # one queue for all ranks: its random initial rows are rank 0's
+    queue = distributed.broadcast_from_rank0(Queue(args.queue_size, args.proj_dim).to(args.device))
+    return model, momentum, queue
+
+
+def set_optimizer(model, args):
+    if args.optimizer == 'lars':
+        return util.LARS(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
+                         trust_coefficient=args.trust_coefficient)
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def encode_keys(momentum, crops, args):
+    """Momentum-encoder outputs of the global crops, one [bsz, D] tensor per crop."""
+    if args.shuffle_bn:
+        return [shuffled_forward(momentum, crop)[0] for crop in crops]
+    keys, _ = momentum(crops)  # both crops in one batch, as one BN batch
+    return list(keys.chunk(len(crops)))
+
+
+def pair_loss(criterion, queries, keys, queue, first_query):
+    """Mean of criterion(q_j, k_i, queue) over every pair of a key (global crop i) and the query of
+    another crop j (queries[n] is crop first_query + n): (crops - 1) x keys pairs, as released."""
+    loss = 0
+    for i, k in enumerate(keys):
+        others = [qj for j, qj in enumerate(queries, first_query) if j != i]
+        # all pairs have the same rows, so one call over the stacked pairs is the mean of the pairs
+        loss = loss + criterion(torch.cat(others), k.repeat(len(others), 1), queue)
+    return loss / len(keys)
+
+
+def train(loader, model, momentum, queue, optimizer, scaler, guard, epoch, args):
+    """One epoch; returns the average loss."""
+    model.train()
+    momentum.train()
+    criterion = SCELoss(args.coeff, args.temp, args.temp_m)
+    batch_time, data_time, losses = util.AverageMeter(), util.AverageMeter(), util.AverageMeter()
+    steps, total_steps = len(loader), args.epochs * len(loader)
+    timer = util.Timer()
+    for idx, (crops, _) in enumerate(loader):
+        data_time.update(timer.lap())
+        step = (epoch - 1) * steps + idx
+        util.set_lr(optimizer, util.warmup_cosine_lr(args.lr, step, args.warmup_epochs * steps, total_steps))
+        crops = [distributed.to_device(c, args) for c in crops]
+        # symmetric: every crop is a query and the 2 global ones are keys; else crop 0 is the only key
+        query_crops = crops if args.sym else crops[1:]
+        first_query = 0 if args.sym else 1
+        bsz = crops[0].shape[0]
+
+        with util.autocast(args):
+            q, _ = model(query_crops)  # [bsz * len(query_crops), D], crop-major
+            with torch.no_grad():
+                keys = encode_keys(momentum, crops[:args.num_keys], args)
+        loss = pair_loss(criterion, q.split(bsz), keys, queue.keys.clone(), first_query)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        m = (cosine_momentum(args.initial_momentum, step, total_steps) if args.momentum_schedule == 'cosine'
+             else args.initial_momentum)
+        momentum.update(util.unwrap(model), m)  # after the optimiser step, as released
+        queue.enqueue(torch.cat([distributed.gather(k.float()) for k in keys]))
+
+        mean_loss = distributed.reduce_mean(loss.detach())
+        guard.update(mean_loss, idx + 1)
+        losses.update(mean_loss, bsz)
+        batch_time.update(timer.lap())
+        if (idx + 1) % args.print_freq == 0:
+            guard.check(epoch, args.last_good)
+            util.print_step(epoch, idx + 1, steps, batch_time, data_time, {'loss': losses})
+    guard.check(epoch, args.last_good)
+    return losses.avg, m
+
+
+def main():
+    args = parse_option()
+    ckpt = distributed.start(args)
+    loader, knn = set_loader(args)
+    model, momentum, queue = set_model(args)
+    optimizer = set_optimizer(model, args)
+    scaler = util.grad_scaler(args)
+    if ckpt and not all(key in ckpt for key in ('momentum', 'queue')):
+        raise util.UserError(f'--resume {ckpt["path"]} has no momentum encoder or queue: resume a main_sce.py checkpoint')
+    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
+    if ckpt:
+        util.load_state(momentum, ckpt['momentum'], f'--resume {ckpt["path"]} (momentum)')
+        util.load_state(queue, ckpt['queue'], f'--resume {ckpt["path"]} (queue)')
+    logger = util.Logger(args.tb_folder)
+    guard = util.NonFiniteGuard(args.device)
+    if util.is_main():
+        print(f'recipe {args.recipe}: {args.optimizer} lr {args.lr:g} (= {args.learning_rate} x {args.batch_size} / 256), '
+              f'{len(loader)} steps per epoch')
+
+    def monitor(epoch):
+        acc = knn_accuracy(util.unwrap(model).encoder, *knn, args)
+        if util.is_main():
+            print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
+        logger.log(epoch, knn_accuracy=acc)
+
+    if knn and start_epoch == 1:
+        monitor(0)  # the randomly initialised trunk: the baseline training must beat
+    for epoch in range(start_epoch, args.epochs + 1):
+        loader.sampler.set_epoch(epoch)
+        start = time.time()
+        loss, m = train(loader, model, momentum, queue, optimizer, scaler, guard, epoch, args)
+        seconds = time.time() - start
+        images_per_s = len(loader) * args.batch_size / seconds
+        if util.is_main():
+            print(f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, {images_per_s:.0f} images/s')
+        logger.log(epoch, loss=loss, learning_rate=optimizer.param_groups[0]['lr'], momentum=m,
+                   images_per_s=images_per_s)
+        if knn and (epoch % args.knn_freq == 0 or epoch == args.epochs):
+            monitor(epoch)
+        util.save_epoch(args, epoch, method='SCE', model=model, optimizer=optimizer, scaler=scaler,
+                        momentum=momentum.state_dict(), queue=queue.state_dict())
+
+
+if __name__ == '__main__':
+    util.run(main)
