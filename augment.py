@@ -2,9 +2,10 @@
 import math
 
 import torch
-from PIL import ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as TF2
 
 
 class TwoCropTransform:
@@ -100,6 +101,56 @@ def moco_transform(size, mean, std, aug_plus=True):
         T.ToTensor(),
         T.Normalize(mean, std),
     ])
+
+
+class MultiViewTransform:
+    """One view per transform, in order (SCE's asymmetric views: each has its own pipeline)."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        return [t(x) for t in self.transforms]
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}({len(self.transforms)} views)'
+
+
+def sce_transform(size, mean, std, scale=(0.2, 1.0), blur_p=0.5, solarize_p=0.0, jitter=(0.4, 0.4, 0.2, 0.1)):
+    """One view of SCE's ImageNet pipeline (BYOL's): crop, flip, colour jitter (p 0.8), grayscale
+    (p 0.2), Gaussian blur (sigma 0.1-2, p blur_p), solarize (threshold 128, p solarize_p)."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=scale),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(*jitter)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([GaussianBlur((0.1, 2.0))], p=blur_p),
+        T.RandomSolarize(128, p=solarize_p),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def sce_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std):
+    """SCE's ImageNet views: the two global crops (blur p 1.0 / blur p 0.1 + solarize p 0.2),
+    then the local crops of the later groups (blur p 0.5, solarize p 0.2)."""
+    _check_crop_options(nmb_crops, size_crops, min_scale_crops, max_scale_crops)
+    if nmb_crops[0] != 2:
+        raise ValueError(f'--nmb_crops: SCE takes exactly 2 global crops first, got {nmb_crops[0]}')
+    views = []
+    for g, (n, size, lo, hi) in enumerate(zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops)):
+        for c in range(n):
+            blur_p, solarize_p = ((1.0, 0.0), (0.1, 0.2))[c] if g == 0 else (0.5, 0.2)
+            views.append(sce_transform(size, mean, std, (lo, hi), blur_p, solarize_p))
+    return MultiViewTransform(views)
+
+
+def sce_cifar_views(size, mean, std):
+    """SCE's CIFAR recipe: a weak view (crop, flip) for the momentum encoder, a strong one
+    (crop, flip, jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, blur p 0.5) for the online one."""
+    weak = crop_flip_transform(size, mean, std, min_scale=0.2)
+    strong = sce_transform(size, mean, std, blur_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1))
+    return MultiViewTransform([weak, strong])
 
 
 def _intersection(a, b):
@@ -223,3 +274,269 @@ def _check_crop_options(nmb_crops, size_crops, min_scale_crops, max_scale_crops)
             raise ValueError(f'--max_scale_crops: {hi} (group {g}) must lie in (0, 1]')
         if lo > hi:
             raise ValueError(f'--min_scale_crops: {lo} exceeds --max_scale_crops {hi} (group {g})')
+
+
+# Below: CLSA, Contrastive Learning with Stronger Augmentations (Wang & Qi 2021). Its strong
+# augmentation is the released RandAugment variant over FixMatch's pool of 14 operations: `aug_times`
+# operations drawn with replacement, each applied with probability 1/2 at a magnitude v drawn from
+# 1..9; rotations, shears and translations also take a random sign. The magnitudes follow the
+# released formula (max * v / 10 + bias, truncated to int where it says so), in its order of
+# operations, since int() of a product can fall on either side of an integer. Draws use torch's RNG.
+
+def _enhance(enhancer):
+    return lambda img, v: enhancer(img).enhance(v * 0.9 / 10 + 0.05)  # factor 0.14 .. 0.86
+
+
+def _affine(img, coefficients):
+    """PIL's affine map (output (x, y) reads input (a x + b y + c, d x + e y + f)); nearest
+    neighbour, black outside the image, as the released code."""
+    return img.transform(img.size, Image.AFFINE, coefficients)
+
+
+# name -> op(PIL image, v): v in 1..9, or -9..-1 for the signed operations
+CLSA_OPS = {
+    'AutoContrast': lambda img, v: ImageOps.autocontrast(img),
+    'Brightness': _enhance(ImageEnhance.Brightness),
+    'Color': _enhance(ImageEnhance.Color),
+    'Contrast': _enhance(ImageEnhance.Contrast),
+    'Equalize': lambda img, v: ImageOps.equalize(img),
+    'Identity': lambda img, v: img,
+    'Posterize': lambda img, v: ImageOps.posterize(img, int(v * 4 / 10) + 4),        # bits 4,4,5,5,6,6,6,7,7
+    'Rotate': lambda img, v: img.rotate(int(v * 30 / 10)),                           # ±3v degrees
+    'Sharpness': _enhance(ImageEnhance.Sharpness),
+    'ShearX': lambda img, v: _affine(img, (1, v * 0.3 / 10, 0, 0, 1, 0)),           # ±0.03v
+    'ShearY': lambda img, v: _affine(img, (1, 0, 0, v * 0.3 / 10, 1, 0)),
+    'Solarize': lambda img, v: ImageOps.solarize(img, 256 - int(v * 256 / 10)),      # threshold 256 - int(25.6v)
+    'TranslateX': lambda img, v: _affine(img, (1, 0, int(v * 0.3 / 10 * img.size[0]), 0, 1, 0)),  # ±0.03v of the width
+    'TranslateY': lambda img, v: _affine(img, (1, 0, 0, 0, 1, int(v * 0.3 / 10 * img.size[1]))),
+}
+SIGNED_OPS = frozenset({'Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY'})
+
+
+class StrongAugment:
+    """CLSA's strong augmentation of a PIL image (see CLSA_OPS)."""
+
+    def __init__(self, aug_times=5):
+        if aug_times < 0:
+            raise ValueError(f'--aug_times must be >= 0, got {aug_times}')
+        self.aug_times = aug_times
+
+    def sample(self):
+        """The operations one call applies, in order: [(name, signed v)]."""
+        names = list(CLSA_OPS)
+        applied = []
+        for i in torch.randint(len(names), (self.aug_times,)).tolist():
+            v = int(torch.randint(1, 10, ()))
+            if torch.rand(()).item() < 0.5:
+                if names[i] in SIGNED_OPS and torch.rand(()).item() < 0.5:
+                    v = -v
+                applied.append((names[i], v))
+        return applied
+
+    def __call__(self, img):
+        for name, v in self.sample():
+            img = CLSA_OPS[name](img, v)
+        return img
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(aug_times={self.aug_times})'
+
+
+class CLSATransform:
+    """CLSA's views of one image, as a list of tensors: the key crop (`key_size`, 20-100 % of the
+    area, MoCo v2 augmentation) for the momentum encoder, then the picked weak crops, then the
+    picked strong crops. Crop j is the j-th of the --nmb_crops groups (side size_crops[g], area in
+    [min_scale_crops[g], max_scale_crops[g]]); weak crop j and strong crop j are drawn independently.
+    Weak = MoCo v2's augmentation; strong = the same with StrongAugment after the flip. Only picked
+    crops are generated (in crop order, each index once)."""
+
+    def __init__(self, key_size, nmb_crops, size_crops, min_scale_crops, max_scale_crops, pick_weak,
+                 pick_strong, aug_times, mean, std):
+        if not nmb_crops or min(nmb_crops) < 1:
+            raise ValueError(f'--nmb_crops: every group needs at least one crop, got {list(nmb_crops)}')
+        # MoCo's checks, with the key counted into the first group (MoCo's first group holds query and key)
+        _check_crop_options([nmb_crops[0] + 1, *nmb_crops[1:]], size_crops, min_scale_crops, max_scale_crops)
+        crops = [(size, (lo, hi)) for n, size, lo, hi
+                 in zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops) for _ in range(n)]
+        for name, pick in (('--pick_weak', pick_weak), ('--pick_strong', pick_strong)):
+            outside = [j for j in pick if not 0 <= j < len(crops)]
+            if outside:
+                raise ValueError(f'{name}: crop index {outside[0]} is outside 0..{len(crops) - 1}')
+        if not pick_weak:
+            raise ValueError('--pick_weak: pick at least one weak crop (the InfoNCE queries)')
+        self.pick_weak, self.pick_strong = sorted(set(pick_weak)), sorted(set(pick_strong))
+
+        self.key = moco_transform(key_size, mean, std)
+        secondary = moco_secondary_transform(mean, std).transforms  # ..., flip, ToTensor, Normalize
+        crop = lambda j: T.RandomResizedCrop(crops[j][0], scale=crops[j][1])
+        self.weak = [T.Compose([crop(j), *secondary]) for j in self.pick_weak]
+        self.strong = [T.Compose([crop(j), *secondary[:-2], StrongAugment(aug_times), *secondary[-2:]])
+                       for j in self.pick_strong]
+
+    def __call__(self, img):
+        return [self.key(img), *(t(img) for t in self.weak), *(t(img) for t in self.strong)]
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(weak={self.pick_weak}, strong={self.pick_strong})'
+
+
+# ----------------------------------------------------------------------------- video clips
+# A clip arrives as decoded: uint8 [T, C, H, W]. Each transform below draws its random parameters
+# once per clip (torch's RNG, like everything here) and applies them to all frames at once as
+# tensor operations (torchvision's, and faster equivalents of its hue and blur below), so every
+# frame gets the same crop, flip, jitter and blur. Views leave as float [C, T, H, W] (the layout
+# of networks/resnet3d.py), normalised.
+
+def temporal_difference(frames, partners):
+    """SCE's temporal difference (uint8 in and out): grayscale(frame) - grayscale(partner), the
+    frame that follows it, mapped to [0, 255] as (d + 255) / 2 and kept on 3 channels."""
+    gray = [TF2.rgb_to_grayscale(x, num_output_channels=3).float() for x in (frames, partners)]
+    return ((gray[0] - gray[1] + 255) / 2).round().clamp(0, 255).to(torch.uint8)
+
+
+def _to_view(clip, mean, std):
+    """[T, C, H, W] (uint8, or float in [0, 1]) -> normalised float [C, T, H, W]."""
+    clip = TF2.normalize(TF2.to_dtype(clip, torch.float32, scale=True), mean, std)
+    return clip.permute(1, 0, 2, 3).contiguous()
+
+
+def _coin(p):
+    return torch.rand(()).item() < p
+
+
+def adjust_hue(x, factor):
+    """torchvision's adjust_hue (HSV hue rotated by factor of a turn) for float [..., 3, H, W] in
+    [0, 1], in the closed form of HSV -> RGB: 3x faster than torchvision's round trip, same result
+    to 1e-6. Channel n of (5, 3, 1) = max - (max - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6."""
+    r, g, b = x.unbind(-3)
+    hi, lo = x.amax(-3), x.amin(-3)
+    span = hi - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    h6 = torch.where(hi == r, (g - b) / safe, torch.where(hi == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h6 = torch.remainder(h6 + 6 * factor, 6)
+    return torch.stack([hi - span * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+                        for k in (torch.remainder(n + h6, 6) for n in (5, 3, 1))], -3)
+
+
+def _blur_matrix(n, weights):
+    """[n, n] matrix m such that x @ m convolves the rows of x with `weights`, borders reflected."""
+    half = len(weights) // 2
+    src = (torch.arange(n)[:, None] + torch.arange(-half, half + 1)[None]).abs()
+    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)
+    m = torch.zeros(n, n)
+    m.index_put_((src, torch.arange(n)[:, None].expand_as(src)), weights.expand_as(src).contiguous(),
+                 accumulate=True)
+    return m
+
+
+def gaussian_blur(x, kernel, sigma):
+    """torchvision's gaussian_blur (reflected borders) of [..., H, W] as two matrix products: a
+    separable blur in BLAS, 6x faster on the CPU than torchvision's full 2D kernel, same result to 1e-6."""
+    half = kernel // 2
+    weights = torch.exp(-0.5 * (torch.linspace(-half, half, kernel) / sigma) ** 2)
+    weights = weights / weights.sum()
+    return _blur_matrix(x.shape[-2], weights).T @ x @ _blur_matrix(x.shape[-1], weights)
+
+
+def color_jitter(x, jitter):
+    """A T.ColorJitter's brightness, contrast, saturation and hue, in its random order, one draw
+    for a whole clip (float [..., 3, H, W] in [0, 1])."""
+    order, b, c, s, h = T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)
+    adjust = {0: (TF2.adjust_brightness, b), 1: (TF2.adjust_contrast, c), 2: (TF2.adjust_saturation, s),
+              3: (adjust_hue, h)}
+    for k in order.tolist():
+        fn, factor = adjust[k]
+        if factor is not None:
+            x = fn(x, factor)
+    return x
+
+
+class ClipView:
+    """One view of SCE's video pretraining: random resized crop (scale (0.2, 0.766), the released
+    value), colour jitter (p 0.8), grayscale (p 0.2), Gaussian blur (sigma 0.1-2, kernel 10% of
+    the side: 23 px at 224, p blur_p), solarize (threshold 0.5, p solarize_p), flip, normalise.
+    SCE's two views differ only in blur_p / solarize_p (1.0 / 0 and 0.1 / 0.2, clip_views)."""
+
+    def __init__(self, size, mean, std, scale=(0.2, 0.766), jitter=(0.8, 0.8, 0.4, 0.2), jitter_p=0.8,
+                 gray_p=0.2, blur_p=1.0, solarize_p=0.0):
+        self.size, self.mean, self.std, self.scale = size, mean, std, tuple(scale)
+        self.jitter = T.ColorJitter(*jitter)  # holds the factor ranges; drawn by its get_params
+        self.jitter_p, self.gray_p, self.blur_p, self.solarize_p = jitter_p, gray_p, blur_p, solarize_p
+        self.blur_kernel = int(0.1 * size) // 2 * 2 + 1
+
+    def __call__(self, clip):
+        box = sample_crop_box(clip.shape[-1], clip.shape[-2], self.scale)
+        x = TF2.to_dtype(TF2.resized_crop(clip, *box, [self.size, self.size], antialias=True),
+                         torch.float32, scale=True)
+        if _coin(self.jitter_p):
+            x = color_jitter(x, self.jitter)
+        if _coin(self.gray_p):
+            x = TF2.rgb_to_grayscale(x, num_output_channels=3)
+        if _coin(self.blur_p):
+            sigma = torch.empty(1).uniform_(0.1, 2.0).item()
+            x = gaussian_blur(x, self.blur_kernel, sigma)
+        if _coin(self.solarize_p):
+            x = TF2.solarize(x, 0.5)
+        if _coin(0.5):
+            x = TF2.horizontal_flip(x)
+        return _to_view(x, self.mean, self.std)
+
+    def __repr__(self):
+        return f'{self.__class__.__name__}(size={self.size}, blur_p={self.blur_p}, solarize_p={self.solarize_p})'
+
+
+def clip_views(size, mean, std):
+    """SCE's two asymmetric clip views (one per sampled clip): blur p 1.0; blur p 0.1 + solarize p 0.2."""
+    return [ClipView(size, mean, std, blur_p=1.0), ClipView(size, mean, std, blur_p=0.1, solarize_p=0.2)]
+
+
+class ClipScaleCropFlip:
+    """Supervised training and linear evaluation on clips (the released recipe): short side
+    scaled to a random length in [size / 0.875, size / 0.7] (256-320 at 224), random crop of
+    `size`, flip, normalise. colour=True adds fine-tuning's colour jitter (0.4, 0.4, 0.4, 0.1)
+    with p 0.8 and grayscale with p 0.2 before the flip, as the released fine-tuning does."""
+
+    def __init__(self, size, mean, std, colour=False):
+        self.size, self.mean, self.std = size, mean, std
+        self.short_range = (round(size / 0.875), round(size / 0.7))
+        self.jitter = T.ColorJitter(0.4, 0.4, 0.4, 0.1) if colour else None
+
+    def __call__(self, clip):
+        short = int(torch.randint(self.short_range[0], self.short_range[1] + 1, ()))
+        clip = TF2.resize(clip, [short], antialias=True)
+        h, w = clip.shape[-2:]
+        top = int(torch.randint(0, h - self.size + 1, ()))
+        left = int(torch.randint(0, w - self.size + 1, ()))
+        clip = TF2.crop(clip, top, left, self.size, self.size)
+        if self.jitter is not None:
+            clip = TF2.to_dtype(clip, torch.float32, scale=True)
+            if _coin(0.8):
+                clip = color_jitter(clip, self.jitter)
+            if _coin(0.2):
+                clip = TF2.rgb_to_grayscale(clip, num_output_channels=3)
+        if _coin(0.5):
+            clip = TF2.horizontal_flip(clip)
+        return _to_view(clip, self.mean, self.std)
+
+
+class ClipEvalTransform:
+    """Deterministic evaluation views of a clip: short side resized to `resize` (default
+    size / 0.875: 256 at 224), then `crops` square crops of that side spread evenly along the long
+    side (1: the centre; 3: both ends and the centre, the released test's 3 spatial crops).
+    Returns [crops, C, T, resize, resize]."""
+
+    def __init__(self, size, mean, std, crops=1, resize=None):
+        if crops < 1:
+            raise ValueError(f'--test_crops must be at least 1, got {crops}')
+        self.side = resize or int(size / 0.875)
+        self.crops, self.mean, self.std = crops, mean, std
+
+    def __call__(self, clip):
+        clip = TF2.resize(clip, [self.side], antialias=True)
+        h, w = clip.shape[-2:]
+        views = []
+        for k in range(self.crops):
+            at = 0.5 if self.crops == 1 else k / (self.crops - 1)  # along the long side
+            top, left = round(at * (h - self.side)), round(at * (w - self.side))
+            views.append(_to_view(TF2.crop(clip, top, left, self.side, self.side), self.mean, self.std))
+        return torch.stack(views)

@@ -76,20 +76,34 @@ def relaunch_with_torchrun(args):
     os.execv(sys.executable, cmd)
 
 
+_autograd_group = None
+
+
+def _group():
+    """The process group of collectives that run inside autograd (sync-BN statistics, gathers with
+    gradients). Not the default group: DDP all-reduces gradient buckets there asynchronously while
+    backward runs, and a collective of ours issued meanwhile could be paired with one of DDP's
+    (on gloo this silently mixed up gradients). Created on first use, which all ranks reach together."""
+    global _autograd_group
+    if _autograd_group is None:
+        _autograd_group = dist.new_group()
+    return _autograd_group
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks whose backward sums the gradients too (each rank's output feeds its own loss)."""
 
     @staticmethod
     def forward(ctx, x):
         x = x.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(x)
+        dist.all_reduce(x, group=_group())
         return x
 
     @staticmethod
     def backward(ctx, grad):
         # Collectives read raw memory: a strided gradient (e.g. from a transpose) must be packed.
         grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
+        dist.all_reduce(grad, group=_group())
         return grad
 
 
@@ -97,7 +111,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
-        dist.all_gather(out, x.contiguous())
+        dist.all_gather(out, x.contiguous(), group=_group())
         return torch.cat(out, 0)
 
     @staticmethod
@@ -185,23 +199,35 @@ def convert_sync_batchnorm(module, device):
 
 
 def distribute(model, args):
-    """Move to the device (channels_last on CUDA), convert BN for --syncBN, wrap in DDP."""
+    """Move to the device (--channels_last: channels-last weights), convert BN for --syncBN, wrap
+    in DDP, then --compile."""
     if args.syncBN and args.world_size > 1:
         model = convert_sync_batchnorm(model, args.device)
     model = model.to(args.device)
-    if args.device.type == 'cuda':
-        model = model.to(memory_format=torch.channels_last)
+    if args.channels_last:
+        model = channels_last(model)
     if args.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[args.device.index] if args.device.type == 'cuda' else None)
+    if args.compile:
+        model = torch.compile(model)  # util.unwrap gives the module itself back (checkpoints, EMA copies)
     return model
 
 
+def channels_last(model):
+    """The model's weights channels-last: NHWC for 2D convolutions, NDHWC (channels_last_3d) for a
+    video trunk's 3D ones (torch's channels_last refuses 5-D tensors)."""
+    video = any(p.dim() == 5 for p in model.parameters())
+    return model.to(memory_format=torch.channels_last_3d if video else torch.channels_last)
+
+
 def to_device(images, args):
-    """Copy a batch to the device, channels_last on CUDA."""
+    """Copy a batch to the device (pinned by the loader on CUDA, so without blocking the host);
+    --channels_last makes images [B, C, H, W] and clips [B, C, T, H, W] channels-last."""
     images = images.to(args.device, non_blocking=True)
-    if args.device.type == 'cuda' and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
+    # main_retrieval.py has no --channels_last option: channels-last on CUDA there, as its trunk
+    if getattr(args, 'channels_last', args.device.type == 'cuda') and images.dim() in (4, 5):
+        images = images.contiguous(memory_format=torch.channels_last if images.dim() == 4 else torch.channels_last_3d)
     return images
 
 

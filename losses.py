@@ -88,6 +88,38 @@ class MoCoLoss(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
+class SCELoss(nn.Module):
+    """Similarity Contrastive Estimation (Denize et al., WACV 2023): a soft contrastive target that
+    mixes the one-hot InfoNCE label with the momentum key's own similarity distribution over the
+    queue. coeff=1 is MoCo's InfoNCE.
+
+    target = coeff * onehot + (1 - coeff) * softmax([0, k.queue] / temperature_m)   (L1-normalised)
+    loss   = cross-entropy(target, softmax([q.k, q.queue] / temperature))
+    The target's positive slot holds similarity 0 (not k.k = 1), as the released code computes it."""
+
+    def __init__(self, coeff=0.5, temperature=0.1, temperature_m=0.05):
+        super().__init__()
+        if not 0 <= coeff <= 1:
+            raise ValueError(f'coeff must lie in [0, 1], got {coeff}')
+        self.coeff, self.temperature, self.temperature_m = coeff, temperature, temperature_m
+
+    def forward(self, q, k, queue):
+        """q [N, D], k [N, D], queue [K, D], all rows L2-normalised. Keys and queue get no gradient."""
+        _check_rows('q', q)
+        _check_rows('k', k, q.shape[1])
+        _check_rows('queue', queue, q.shape[1])
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f'{k.shape[0]} keys for {q.shape[0]} queries')
+        q, k, queue = _at_least_float32(q, k.detach(), queue.detach())
+        with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
+            logits_q = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / self.temperature
+            sim_k = torch.cat([torch.zeros_like(k[:, :1]), k @ queue.T], dim=1)
+            target = (1 - self.coeff) * F.softmax(sim_k / self.temperature_m, dim=1)
+            target[:, 0] += self.coeff
+            target = target / target.sum(dim=1, keepdim=True)
+            return -(target * F.log_softmax(logits_q, dim=1)).sum(dim=1).mean()
+
+
 class KNNLoss(nn.Module):
     """Auxiliary kNN loss of Van Gansbeke et al. 2021: the topk queue entries nearest to the query in backbone
     (trunk avg-pool) space are its positives, under a softmax of q·queue/T over the queue alone."""
@@ -118,3 +150,57 @@ class KNNLoss(nn.Module):
             knn = (q_backbone @ queue_backbone.T).topk(self.topk, dim=1).indices  # [N, topk]
             log_prob = F.log_softmax(q @ queue.T / self.temperature, dim=1)         # [N, K]
         return -log_prob.gather(1, knn).mean(dim=1).mean()
+
+
+class BatchKeysMoCoLoss(nn.Module):
+    """CLSA's InfoNCE: the candidates are every key of the (global) batch, then the queue; query i's
+    positive is keys[offset + i], so the other images' keys of this step are negatives too. On a rank,
+    offset = rank * per-rank batch locates its own images in the gathered keys."""
+
+    def __init__(self, temperature=0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, q, keys, queue, offset=0):
+        """q [N, D], keys [M, D], queue [K, D], all rows L2-normalised, offset + N <= M. Keys and queue
+        get no gradient."""
+        _check_rows('q', q)
+        _check_rows('keys', keys, q.shape[1])
+        _check_rows('queue', queue, q.shape[1])
+        if not 0 <= offset <= keys.shape[0] - q.shape[0]:
+            raise ValueError(f'positives keys[{offset}:{offset + q.shape[0]}] lie outside the {keys.shape[0]} keys')
+        q, keys, queue = _at_least_float32(q, keys.detach(), queue.detach())
+        with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
+            logits = torch.cat([q @ keys.T, q @ queue.T], dim=1) / self.temperature
+        labels = torch.arange(offset, offset + q.shape[0], device=q.device)
+        return F.cross_entropy(logits, labels)
+
+
+class CLSALoss(nn.Module):
+    """CLSA's distribution divergence (Wang & Qi 2021): a weakly augmented query's softmax over the
+    candidates [every key of the batch; queue] is the target (detached) of the strongly augmented
+    query's distribution over the same candidates: -sum target * log p_strong, averaged over rows.
+
+    The released code builds the target from the weak query's InfoNCE logits (at moco_t) rescaled
+    by moco_t / clsa_t: that is softmax([q_weak.k, q_weak.queue] / clsa_t), computed here directly."""
+
+    def __init__(self, temperature=0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, q_weak, q_strong, k, queue):
+        """q_weak [N, D], q_strong [N, D] (row i: the same image), k [M, D] (every key of the batch),
+        queue [K, D], all rows L2-normalised. Only q_strong gets a gradient."""
+        _check_rows('q_weak', q_weak)
+        _check_rows('q_strong', q_strong, q_weak.shape[1])
+        _check_rows('k', k, q_weak.shape[1])
+        _check_rows('queue', queue, q_weak.shape[1])
+        if q_strong.shape[0] != q_weak.shape[0]:
+            raise ValueError(f'{q_strong.shape[0]} strong queries for {q_weak.shape[0]} weak ones')
+        q_weak, q_strong, k, queue = _at_least_float32(q_weak.detach(), q_strong, k.detach(), queue.detach())
+        with torch.autocast(q_strong.device.type, enabled=False):  # AMP would run these products in half precision
+            logits = lambda q: torch.cat([q @ k.T, q @ queue.T], dim=1) / self.temperature
+            target = F.softmax(logits(q_weak), dim=1)
+            # log_softmax, not log(softmax): a strong probability that underflows to 0 gives a finite term
+            log_p_strong = F.log_softmax(logits(q_strong), dim=1)
+        return -(target * log_p_strong).sum(dim=1).mean()

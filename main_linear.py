@@ -2,8 +2,17 @@
 
     python main_linear.py --batch_size 512 --learning_rate 5 --ckpt /path/to/model.pth
 
-The trunk (model, stem, width) is rebuilt from the checkpoint; the crop size defaults to the
-one it was trained with.
+The trunk (model, stem, width) is rebuilt from the checkpoint; the crop size (and a video trunk's
+--num_frames) defaults to the one it was trained with.
+
+Videos (--dataset video, kinetics, ucf101, hmdb51; --protocol video by default) train fast, then
+test: training validates every --val_freq epochs on one clip and one crop per video and keeps
+best.pth; the same command with --test best (or last) then tests that checkpoint on --test_clips x
+--test_crops views per video, averaging the softmax, and trains nothing:
+
+    python main_linear.py --ckpt save/SCE/r3d18_kinetics200/last.pth --dataset kinetics --data_folder DIR
+    python main_linear.py --ckpt save/SCE/r3d18_kinetics200/last.pth --dataset kinetics --data_folder DIR \\
+        --test best --batch_size_val 480
 """
 import argparse
 import time
@@ -17,8 +26,10 @@ import augment
 import datasets
 import distributed
 import util
-from evaluation import evaluate
+from evaluation import evaluate, test_checkpoint
 from networks.resnet_big import LinearClassifier
+from video_datasets import (VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint,
+                            video_dataset)
 
 
 # Each method's published linear protocol: the defaults of the options below. Flags given on the
@@ -29,6 +40,17 @@ PROTOCOLS = {
     # MoCo's lincls: lr 30, x0.1 at 60 and 80, no weight decay, fc ~ N(0, 0.01), torchvision's crop
     'moco': dict(learning_rate=30.0, lr_decay_epochs='60,80', lr_decay_rate=0.1, weight_decay=0.0,
                  epochs=100, fc_init='normal', crop_min_scale=0.08),
+    # CLSA's: lr 10, per-epoch cosine down to 0.01 (= lr * rate^3), no weight decay, fc ~ N(0, 0.01)
+    'clsa': dict(learning_rate=10.0, lr_decay_epochs='', lr_decay_rate=0.1, weight_decay=0.0, epochs=100,
+                 cosine=True, fc_init='normal', crop_min_scale=0.08),
+    # SCE's (MoCo v3's): lr 0.1 per 256 images, per-epoch cosine to 0, no weight decay, 90 epochs
+    'sce': dict(learning_rate=None, lr_per_256=0.1, lr_decay_epochs='', lr_decay_rate=0.0, weight_decay=0.0,
+                epochs=90, cosine=True, fc_init='normal', crop_min_scale=0.08),
+    # SCE's video protocol (the released linear configs of R3D-18 / R3D-50): lr 2.0 per 256 clips
+    # (4.0 at batch 512), 8 warm-up epochs then a per-step cosine to 0, no weight decay, 60 epochs,
+    # validation every 5; clips scaled, cropped and flipped (augment.ClipScaleCropFlip)
+    'video': dict(learning_rate=None, lr_per_256=2.0, batch_size=512, lr_decay_epochs='', lr_decay_rate=0.0,
+                  weight_decay=0.0, epochs=60, warmup_epochs=8, val_freq=5, fc_init='default', crop_min_scale=None),
 }
 
 
@@ -37,18 +59,34 @@ def parse_option():
     util.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
                                                         if k not in ('fc_init', 'crop_min_scale')})
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
-    parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default='supcon',
-                        help='defaults of a published linear protocol: supcon (SupContrast), moco (MoCo v1/v2)')
+    parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
+                        help='defaults of a published linear protocol: supcon (SupContrast; the default for '
+                             'images), moco (MoCo v1/v2), sce (SCE / MoCo v3), clsa (CLSA), video (SCE\'s video '
+                             'protocol; the default for videos)')
     parser.add_argument('--fc_init', choices=['default', 'normal'], help="'normal': weights N(0, 0.01), bias 0")
     parser.add_argument('--crop_min_scale', type=float, help='smallest area of the training crop')
     parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
-    parser.add_argument('--batch_size_val', type=int, default=None)
-    protocol = parser.parse_known_args()[0].protocol
-    parser.set_defaults(**PROTOCOLS[protocol])
+    parser.add_argument('--batch_size_val', type=int, default=None,
+                        help='clips (images) per evaluation batch (default --batch_size); a video takes one per view')
+    util.add_classifier_options(parser)
+    add_video_options(parser, num_frames=None)
+    known = parser.parse_known_args()[0]
+    protocol = known.protocol or ('video' if known.dataset in VIDEO_DATASETS else 'supcon')
+    parser.set_defaults(protocol=protocol, **PROTOCOLS[protocol])
     args = parser.parse_args()
+    if (args.protocol == 'video') != (args.dataset in VIDEO_DATASETS):
+        raise util.UserError(f'--protocol {args.protocol} does not evaluate --dataset {args.dataset}: '
+                             f'--protocol video is the protocol of video datasets ({", ".join(VIDEO_DATASETS)})')
+    if args.protocol == 'video' and args.crop_min_scale is not None:
+        raise util.UserError('--crop_min_scale: the video protocol scales and crops clips as released; drop it')
+    util.check_classifier_options(args)
+    if args.learning_rate is None:  # a protocol that scales the rate with the batch
+        args.learning_rate = args.lr_per_256 * args.batch_size / 256
 
     args.pretrained = util.load_checkpoint(args.ckpt)
     util.take_trunk_options(args, args.pretrained, f'--ckpt {args.ckpt}')
+    check_model_fits_data(args)
+    frames_of_checkpoint(args, args.pretrained['args'])
     if args.size is None:
         args.size = args.pretrained['args']['size']
     util.finish_options(args, force_warm=False)
@@ -56,18 +94,27 @@ def parse_option():
             f'_lr_{args.learning_rate}_bsz_{args.batch_size}_trial_{args.trial}')
     if args.protocol != 'supcon':
         name += f'_{args.protocol}'
+    if args.protocol == 'video':
+        name += f'_frames_{args.num_frames}'
 
     util.name_run(args, name, 'Linear', name_width=False)  # the trunk's run name has the width
     return args
 
 
 def set_loader(args):
+    """(training, validation) loaders; with --test, (None, the loader of every test view)."""
+    if args.test:
+        test_set = datasets.eval_dataset(args, False, test_views=True)
+        args.n_classes = datasets.num_classes(args, test_set)
+        return None, datasets.eval_loader(test_set, args)
     mean, std = datasets.mean_std(args)
-    train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std,
-                                                                              args.crop_min_scale))
-    val_set = datasets.image_dataset(args, False, datasets.eval_view(args))
+    if args.dataset in VIDEO_DATASETS:
+        train_set = video_dataset(args, True, augment.ClipScaleCropFlip(args.size, mean, std))
+    else:
+        train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std,
+                                                                                  args.crop_min_scale))
     args.n_classes = datasets.num_classes(args, train_set)
-    return datasets.train_loader(train_set, args), datasets.eval_loader(val_set, args)
+    return datasets.train_loader(train_set, args), datasets.eval_loader(datasets.eval_dataset(args, False), args)
 
 
 def set_model(args):
@@ -82,8 +129,8 @@ def set_model(args):
     probe = nn.Sequential(OrderedDict(encoder=trunk, classifier=classifier))
     trunk.requires_grad_(False)
     trunk.to(args.device)
-    if args.device.type == 'cuda':
-        trunk.to(memory_format=torch.channels_last)
+    if args.channels_last:
+        distributed.channels_last(trunk)
     return probe, trunk, distributed.distribute(classifier, args)
 
 
@@ -98,7 +145,7 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
         data_time.update(timer.lap())
         images = distributed.to_device(images, args)
         labels = labels.to(args.device, non_blocking=True)
-        util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
+        util.step_learning_rate(args, optimizer, epoch, idx, len(loader))
 
         with util.autocast(args):
             with torch.no_grad():
@@ -130,6 +177,9 @@ def main():
     ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
     probe, trunk, classifier = set_model(args)
+    if args.test:
+        test_checkpoint(probe, val_loader, args)
+        return
     optimizer = torch.optim.SGD(classifier.parameters(), lr=args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scaler = util.grad_scaler(args)
@@ -144,14 +194,19 @@ def main():
         start = time.time()
         loss, train_acc = train(train_loader, trunk, classifier, optimizer, scaler, guard, epoch, args)
         seconds = time.time() - start
-        val_loss, val_acc, val_acc5 = evaluate(probe, val_loader, args)
-        best_acc, best_acc5 = max(best_acc, val_acc), max(best_acc5, val_acc5)
+        line = f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, train acc {train_acc:.2f}'
+        scalars = dict(train_loss=loss, train_acc=train_acc, learning_rate=optimizer.param_groups[0]['lr'])
+        best = False
+        if epoch % args.val_freq == 0 or epoch == args.epochs:
+            val_loss, val_acc, val_acc5 = evaluate(probe, val_loader, args)
+            best = val_acc >= best_acc
+            best_acc, best_acc5 = max(best_acc, val_acc), max(best_acc5, val_acc5)
+            line += f', val acc {val_acc:.2f} (top-5 {val_acc5:.2f})'
+            scalars.update(val_loss=val_loss, val_acc=val_acc, val_acc5=val_acc5)
         if util.is_main():
-            print(f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, train acc {train_acc:.2f}, '
-                  f'val acc {val_acc:.2f} (top-5 {val_acc5:.2f})')
-        logger.log(epoch, train_loss=loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
-                   val_acc5=val_acc5, learning_rate=optimizer.param_groups[0]['lr'])
-        util.save_epoch(args, epoch, method='Linear', model=probe, optimizer=optimizer, scaler=scaler,
+            print(line)
+        logger.log(epoch, **scalars)
+        util.save_epoch(args, epoch, best=best, method='Linear', model=probe, optimizer=optimizer, scaler=scaler,
                         best_acc=best_acc, best_acc5=best_acc5)
     if util.is_main():
         print(f'best accuracy: {best_acc:.2f} (top-5 {best_acc5:.2f})')

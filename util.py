@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from networks.resnet3d import VIDEO_MODEL_NAMES
 from networks.resnet_big import MODEL_NAMES, build_trunk, default_stem
 
 
@@ -20,6 +21,11 @@ from networks.resnet_big import MODEL_NAMES, build_trunk, default_stem
 
 class UserError(Exception):
     """A mistake the user can fix: reported as one line, exit status 2, no traceback."""
+
+
+class StepLimitReached(Exception):
+    """--max_steps: the timing run has done its steps (args[0]: the timings, a dict); ends the
+    script with exit status 0 and nothing written."""
 
 
 def run(main):
@@ -33,6 +39,8 @@ def run(main):
         msg = msg.split('UserError: ', 1)[-1]
         print(f'error: {msg}', file=sys.stderr)
         sys.exit(2)
+    except StepLimitReached:
+        pass  # the timings are printed
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -64,6 +72,18 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
     g.add_argument('--syncBN', action='store_true', help='synchronise BatchNorm across processes')
 
+    g = parser.add_argument_group('speed (scripts/benchmark.py measures each)')
+    g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                   help='NHWC images and weights: faster convolutions on GPUs and on CPUs (oneDNN)')
+    g.add_argument('--fused_optimizer', action=argparse.BooleanOptionalAction, default=True,
+                   help="one fused kernel for the optimiser step (else torch's default: foreach on CUDA, a loop on CPU)")
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (the first steps compile)')
+    g.add_argument('--gpu_aug', action='store_true',
+                   help='augment whole batches on the device (cifar10/100, stl10, digits: held in memory)')
+    g.add_argument('--max_steps', type=int, default=None, metavar='N',
+                   help='timing run: stop after N steps, print the time per step (data wait, compute), '
+                        'images/s and peak memory of the steps after the first 2; writes no checkpoint')
+
     g = parser.add_argument_group('optimisation')
     g.add_argument('--batch_size', '--batch-size', '-b', type=int, default=batch_size,
                    help='global batch size (all processes)')
@@ -76,9 +96,22 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--cosine', '--cos', action='store_true', help='cosine schedule down to lr * rate^3')
     g.add_argument('--warm', action='store_true', help='linear warm-up from 0.01 over 10 epochs')
 
+    add_data_options(parser)
+
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', '--arch', '-a', type=str, default=None, choices=MODEL_NAMES + VIDEO_MODEL_NAMES,
+                   help='default resnet50')
+    g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
+                   help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
+    g.add_argument('--width', type=int, default=None, help='channels of the first ResNet stage (default 64)')
+
+
+def add_data_options(parser):
+    """The data options, also used alone by the evaluation scripts that train nothing."""
     g = parser.add_argument_group('data')
     g.add_argument('--dataset', type=str, default='cifar10',
-                   choices=['cifar10', 'cifar100', 'stl10', 'path', 'imagenet', 'digits'])
+                   choices=['cifar10', 'cifar100', 'stl10', 'path', 'imagenet', 'digits',
+                            'video', 'kinetics', 'ucf101', 'hmdb51'])
     g.add_argument('--data_folder', '--data', type=str, default=None, help='dataset root (default ./datasets/)')
     g.add_argument('--test_folder', type=str, default=None, help='evaluation split of --dataset path')
     g.add_argument('--mean', type=str, default=None, help='per-channel mean, e.g. "(0.4914, 0.4822, 0.4465)"')
@@ -86,12 +119,6 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--size', type=int, default=None, help='crop size in pixels (default 32)')
     g.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
                    help='download cifar10/cifar100/stl10 when missing')
-
-    g = parser.add_argument_group('model')
-    g.add_argument('--model', '--arch', '-a', type=str, default=None, choices=MODEL_NAMES, help='default resnet50')
-    g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
-                   help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
-    g.add_argument('--width', type=int, default=None, help='channels of the first ResNet stage (default 64)')
 
 
 def add_launcher_options(parser):
@@ -122,16 +149,49 @@ def add_knn_options(parser):
     g.add_argument('--batch_size_val', type=int, default=None, help='batch size for feature extraction')
 
 
+def add_classifier_options(parser):
+    """Options of the scripts that train a classifier (main_linear.py, main_ce.py): SCE's per-step
+    schedule, how often to validate, and the separate test of a finished run."""
+    g = parser.add_argument_group('schedule, validation and test')
+    g.add_argument('--warmup_epochs', type=int, default=None,
+                   help='per-step schedule: linear warm-up from 0 over N epochs, then a cosine to 0 (the SCE '
+                        'video protocols); replaces --cosine, --lr_decay_epochs and --warm')
+    g.add_argument('--val_freq', type=int, default=1,
+                   help='validate every N epochs and after the last (videos: one clip and one crop per video); '
+                        'the best validation accuracy keeps best.pth')
+    g.add_argument('--test', choices=['best', 'last'], default=None,
+                   help="train nothing: test this run's best.pth or last.pth (the run the same options train) "
+                        'on the evaluation split, videos on --test_clips x --test_crops views, softmax averaged')
+
+
+def check_classifier_options(args):
+    if args.test and args.resume:
+        raise UserError('--test trains nothing: drop --resume')
+    if args.val_freq < 1:
+        raise UserError(f'--val_freq must be at least 1, got {args.val_freq}')
+    if args.warmup_epochs is not None:
+        if args.warmup_epochs < 0:
+            raise UserError(f'--warmup_epochs must be at least 0, got {args.warmup_epochs}')
+        if args.warm or args.lr_decay_epochs:
+            raise UserError('--warmup_epochs sets a per-step warm-up then cosine schedule: drop --warm and '
+                            '--lr_decay_epochs')
+
+
+def parse_mean_std(args):
+    """--mean and --std, given together or not at all, as tuples of floats."""
+    if (args.mean is None) != (args.std is None):
+        raise UserError('--mean and --std go together: give both or neither')
+    if args.mean is not None:
+        args.mean, args.std = parse_floats(args.mean, '--mean'), parse_floats(args.std, '--std')
+
+
 def finish_options(args, force_warm):
     """Derived settings shared by all scripts: defaults, milestones, normalisation, stem, warm-up."""
     try:
         args.lr_decay_epochs = [int(e) for e in str(args.lr_decay_epochs).split(',') if e.strip()]
     except ValueError:
         raise UserError(f'--lr_decay_epochs must be comma-separated integers, got {args.lr_decay_epochs!r}')
-    if (args.mean is None) != (args.std is None):
-        raise UserError('--mean and --std go together: give both or neither')
-    if args.mean is not None:
-        args.mean, args.std = parse_floats(args.mean, '--mean'), parse_floats(args.std, '--std')
+    parse_mean_std(args)
     for key, default in (('data_folder', './datasets/'), ('size', 32), ('model', 'resnet50'), ('width', 64)):
         if getattr(args, key) is None:
             setattr(args, key, default)
@@ -194,7 +254,10 @@ def step_lr(base, epoch, milestones, rate):
 
 
 def adjust_learning_rate(args, optimizer, epoch):
-    """SupContrast's per-epoch schedule (epochs count from 1): cosine to lr*rate^3, or step decay."""
+    """SupContrast's per-epoch schedule (epochs count from 1): cosine to lr*rate^3, or step decay.
+    Nothing under a per-step schedule (--warmup_epochs, see step_learning_rate)."""
+    if getattr(args, 'warmup_epochs', None) is not None:
+        return optimizer.param_groups[0]['lr']
     if args.cosine:
         lr = cosine_lr(args.learning_rate, epoch / args.epochs, args.learning_rate * args.lr_decay_rate ** 3)
     else:
@@ -210,9 +273,67 @@ def warmup_learning_rate(args, epoch, batch_id, total_batches, optimizer):
         set_lr(optimizer, args.warmup_from + p * (args.warmup_to - args.warmup_from))
 
 
+def step_learning_rate(args, optimizer, epoch, batch_id, total_batches):
+    """The per-step part of the schedule of main_linear.py / main_ce.py: with --warmup_epochs,
+    the SCE video protocols' linear warm-up from 0 then cosine to 0 (warmup_cosine_lr) over the
+    whole run; else SupContrast's --warm."""
+    if getattr(args, 'warmup_epochs', None) is None:
+        return warmup_learning_rate(args, epoch, batch_id, total_batches, optimizer)
+    step = (epoch - 1) * total_batches + batch_id
+    set_lr(optimizer, warmup_cosine_lr(args.learning_rate, step, args.warmup_epochs * total_batches,
+                                       args.epochs * total_batches))
+
+
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group['lr'] = lr
+
+
+def warmup_cosine_lr(base, step, warmup_steps, total_steps):
+    """Per-step schedule of SCE / BYOL-style runs: linear from 0 (step 0) to base (step
+    warmup_steps - 1), then a half cosine from base (step warmup_steps) to 0 (step total_steps)."""
+    if step < warmup_steps:
+        return base * step / max(warmup_steps - 1, 1)
+    return cosine_lr(base, (step - warmup_steps) / max(total_steps - warmup_steps, 1))
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as SCE, BYOL and
+    MoCo v3 use it. A parameter with more than one dimension gets update u = grad + wd * p scaled by
+    trust_coefficient * |p| / |u| (by 1 when either norm is 0); one-dimensional ones (biases, BN)
+    get the plain gradient: neither decayed nor adapted. Then buf = momentum * buf + u, p -= lr * buf."""
+
+    def __init__(self, params, lr=0.0, weight_decay=0.0, momentum=0.9, trust_coefficient=1e-3):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if not params:
+                continue
+            updates = [p.grad for p in params]
+            adapted = [i for i, p in enumerate(params) if p.ndim > 1]
+            if adapted:  # multi-tensor kernels: one launch per operation, not one per layer
+                weights = [params[i] for i in adapted]
+                scaled = torch._foreach_add([updates[i] for i in adapted], weights, alpha=group['weight_decay'])
+                w_norm = torch.stack(torch._foreach_norm(weights))
+                u_norm = torch.stack(torch._foreach_norm(scaled))
+                trust = torch.where((w_norm > 0) & (u_norm > 0),
+                                    group['trust_coefficient'] * w_norm / u_norm, torch.ones_like(w_norm))
+                torch._foreach_mul_(scaled, list(trust.unbind()))
+                for i, u in zip(adapted, scaled):
+                    updates[i] = u
+            bufs = [self.state[p].setdefault('momentum_buffer', torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(bufs, group['momentum'])
+            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(params, bufs, alpha=-group['lr'])
+        return loss
 
 
 # ----------------------------------------------------------------------------- meters
@@ -289,6 +410,8 @@ def world_size():
 
 
 def unwrap(model):
+    """The model itself, out of torch.compile's and DDP's wrappers."""
+    model = getattr(model, '_orig_mod', model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
@@ -301,6 +424,12 @@ def autocast(args):
 
 def grad_scaler(args):
     return torch.amp.GradScaler(args.device.type, enabled=args.amp == 'fp16')
+
+
+def fused(args):
+    """Keyword arguments of a torch optimiser for --fused_optimizer: one kernel updates every
+    parameter (also no host sync in an fp16 GradScaler step). torch >= 2.4 on CPU and CUDA."""
+    return {'fused': True} if args.fused_optimizer else {}
 
 
 def set_seed(args):
@@ -353,11 +482,14 @@ def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None,
         raise
 
 
-def save_epoch(args, epoch, **state):
-    """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq."""
+def save_epoch(args, epoch, best=False, **state):
+    """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq, and
+    best.pth when `best` (the best validation accuracy so far)."""
     paths = [os.path.join(args.save_folder, 'last.pth')]
     if epoch % args.save_freq == 0:
         paths.append(os.path.join(args.save_folder, f'ckpt_epoch_{epoch}.pth'))
+    if best:
+        paths.append(os.path.join(args.save_folder, 'best.pth'))
     for path in paths:
         save_checkpoint(path, args=args, epoch=epoch, **state)
     args.last_good = paths[0]
