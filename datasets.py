@@ -4,6 +4,8 @@ imagenet (ImageFolder train/ and val/), and digits (scikit-learn's bundled 8x8 d
 Training loaders draw every sample's augmentation from its own seed, a function of (run seed,
 epoch, index): a run is reproducible whatever --num_workers or the number of processes."""
 import os
+import sys
+import time
 
 import numpy as np
 import torch
@@ -11,8 +13,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tvd
 
-from augment import eval_transform
-from util import UserError, is_main
+from augment import ClipEvalTransform, eval_transform
+from gpu_augment import DeviceLoader
+from util import StepLimitReached, UserError, is_main, world_size
+from video_datasets import VIDEO_DATASETS, video_dataset
 
 MEAN_STD = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -20,6 +24,8 @@ MEAN_STD = {
     'stl10': ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
     'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     'digits': ((0.3049,) * 3, (0.3234,) * 3),
+    # video: the Kinetics statistics the released SCE video code normalises every dataset with
+    **{d: ((0.45,) * 3, (0.225,) * 3) for d in ('video', 'kinetics', 'ucf101', 'hmdb51')},
 }
 
 
@@ -35,7 +41,7 @@ def mean_std(args):
 
 
 def has_eval_split(args):
-    return args.dataset != 'path' or args.test_folder is not None
+    return args.dataset not in ('path', 'video') or args.test_folder is not None
 
 
 def eval_view(args):
@@ -206,14 +212,114 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
-def train_loader(dataset, args, drop_last=False):
-    """Shuffled, per-sample-seeded loader of the per-rank share of --batch_size."""
+def train_loader(dataset, args, drop_last=False, device_views=None):
+    """Shuffled, per-sample-seeded loader of the per-rank share of --batch_size. With --gpu_aug,
+    `device_views` (gpu_augment views, one per output view) augment the in-memory pixels of
+    `dataset` on the device instead of its transform in workers. With --max_steps, the loader
+    ends the run (see TimedSteps)."""
     sampler = SeededSampler(len(dataset), args.data_seed, True, args.rank, args.world_size)
     batch = args.batch_size // args.world_size
     if drop_last and len(sampler) < batch:
         raise UserError(f'{len(dataset)} training images do not fill one batch of {args.batch_size}')
-    return DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler, drop_last=drop_last,
-                      **_loader_kwargs(args))
+    if args.gpu_aug:
+        if device_views is None:
+            raise UserError(f'--gpu_aug: {os.path.basename(sys.argv[0])} has no on-device version of its '
+                            f'augmentation; drop --gpu_aug')
+        loader = DeviceLoader(dataset, *in_memory_pixels(dataset, args), device_views, sampler, batch,
+                              drop_last, args.device)
+    else:
+        loader = DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler, drop_last=drop_last,
+                            **_loader_kwargs(args))
+    return TimedSteps(loader, args) if args.max_steps is not None else loader
+
+
+def in_memory_pixels(dataset, args):
+    """(uint8 images [N, C, H, W], labels) of a dataset held in memory, for --gpu_aug."""
+    if args.dataset in ('cifar10', 'cifar100'):
+        pixels = torch.from_numpy(dataset.data).permute(0, 3, 1, 2)  # stored N, H, W, C
+    elif args.dataset == 'stl10':
+        pixels = torch.from_numpy(dataset.data)
+    elif args.dataset == 'digits':
+        pixels = torch.from_numpy(np.stack([np.asarray(img) for img in dataset.images])).permute(0, 3, 1, 2)
+    else:
+        raise UserError(f'--gpu_aug needs a dataset held in memory (cifar10, cifar100, stl10, digits); '
+                        f'--dataset {args.dataset} is read from files: drop --gpu_aug')
+    return pixels.contiguous(), dataset_labels(dataset)
+
+
+class TimedSteps:
+    """--max_steps N: the training loader of a timing run. It times every step after the first
+    WARMUP: the wait for the batch (data; with --gpu_aug, the augmentation) and the rest of the
+    step (compute), synchronising the device at both ends so that queued work counts where it
+    belongs. After the N-th step it prints the timings (rank 0) and ends the run by raising
+    util.StepLimitReached, whose first argument is the timings."""
+    WARMUP = 2
+
+    def __init__(self, loader, args):
+        if args.max_steps <= self.WARMUP:
+            raise UserError(f'--max_steps must exceed the {self.WARMUP} warm-up steps, got {args.max_steps}')
+        self.loader, self.args = loader, args
+        self.steps, self.data, self.compute, self.images = 0, [], [], 0
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # sampler, dataset
+        return getattr(self.loader, name)
+
+    def now(self):
+        if self.args.device.type == 'cuda':
+            torch.cuda.synchronize(self.args.device)
+        return time.perf_counter()
+
+    def __iter__(self):
+        start = self.now()
+        batches = iter(self.loader)  # starting the workers counts as waiting for data
+        for batch in batches:
+            ready = self.now()
+            yield batch
+            done = self.now()  # the script asks for the next batch: its step is over
+            self.steps += 1
+            if self.steps > self.WARMUP:
+                self.data.append(ready - start)
+                self.compute.append(done - ready)
+                self.images += len(batch[1]) * world_size()
+            elif self.steps == self.WARMUP:
+                reset_peak_memory(self.args.device)
+            if self.steps == self.args.max_steps:
+                self.finish()
+            start = done
+
+    def finish(self):
+        n, total = len(self.data), sum(self.data) + sum(self.compute)
+        timings = {'steps': n, 'data_ms': 1e3 * sum(self.data) / n, 'compute_ms': 1e3 * sum(self.compute) / n,
+                   'images_per_s': self.images / total, 'peak_memory': peak_memory(self.args.device),
+                   'step_s': [d + c for d, c in zip(self.data, self.compute)]}
+        if is_main():
+            what = 'CUDA max allocated' if self.args.device.type == 'cuda' else 'peak RSS of the main process'
+            print(f'timing: {n} steps after {self.WARMUP} warm-up: {timings["data_ms"] + timings["compute_ms"]:.1f} '
+                  f'ms/step (data {timings["data_ms"]:.1f}, compute {timings["compute_ms"]:.1f}), '
+                  f'{timings["images_per_s"]:.1f} images/s, {what} {timings["peak_memory"] / 2**20:.0f} MiB', flush=True)
+        raise StepLimitReached(timings)
+
+
+def reset_peak_memory(device):
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    elif os.path.exists('/proc/self/clear_refs'):
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # Linux: restart the process's peak-RSS count (VmHWM)
+
+
+def peak_memory(device):
+    """Bytes: CUDA's max allocated, else the process's peak resident set (VmHWM, Linux)."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device)
+    if not os.path.exists('/proc/self/status'):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # since the start (KiB on Linux)
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM'))
 
 
 class ShardSampler(Sampler):
@@ -229,8 +335,24 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
+def eval_dataset(args, train, test_views=False):
+    """A split (train=True: the training split, e.g. a kNN or retrieval bank) through evaluation
+    views: images through eval_view; videos as one clip and one crop (validation during training,
+    the kNN monitor) or, with test_views, --test_clips clips spread over each video x --test_crops
+    crops; a video's views come as one item [views, C, T, S, S]."""
+    if args.dataset not in VIDEO_DATASETS:
+        return image_dataset(args, train, eval_view(args))
+    mean, std = mean_std(args)
+    clips, crops = (args.test_clips, args.test_crops) if test_views else (1, 1)
+    dataset = video_dataset(args, train, ClipEvalTransform(args.size, mean, std, crops=crops), clips=clips)
+    dataset.views = clips * crops  # read by eval_loader
+    return dataset
+
+
 def eval_loader(dataset, args):
-    batch = max(args.batch_size_val // args.world_size, 1)
+    """Sharded, in order. --batch_size_val counts clips (images): a video with V test views
+    (eval_dataset) takes V of them, its views staying in one batch."""
+    batch = max(args.batch_size_val // args.world_size // getattr(dataset, 'views', 1), 1)
     return DataLoader(dataset, batch_size=batch, sampler=ShardSampler(len(dataset), args.rank, args.world_size),
                       **_loader_kwargs(args))
 
@@ -249,6 +371,4 @@ def knn_loaders(args):
         return None
     if not has_eval_split(args):
         raise UserError('--knn_freq needs an evaluation split: give --test_folder (or --knn_freq 0)')
-    view = eval_view(args)
-    return (eval_loader(image_dataset(args, True, view), args),
-            eval_loader(image_dataset(args, False, view), args))
+    return eval_loader(eval_dataset(args, True), args), eval_loader(eval_dataset(args, False), args)

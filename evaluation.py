@@ -1,25 +1,42 @@
-"""Evaluation of representations: classifier accuracy, trunk features, weighted kNN."""
+"""Evaluation of representations: classifier accuracy, trunk features (averaged over test views),
+weighted kNN and retrieval recall@k."""
+import math
+import os
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed import gather, to_device
-from util import accuracy, autocast, world_size
+from util import UserError, accuracy, autocast, is_main, load_checkpoint, load_state, unwrap, world_size
+from video_datasets import VIDEO_DATASETS
+
+
+def per_view(model, batch, args):
+    """Model outputs [B, V, ...] of one batch. A batch of video test views [B, V, C, T, H, W]
+    (V = clips x crops) goes through the model as one batch of B * V clips; any other batch is a
+    single view (V = 1)."""
+    x = batch.flatten(0, 1) if batch.dim() == 6 else batch
+    with autocast(args):
+        out = model(to_device(x, args)).float()
+    return out.view(len(batch), -1, *out.shape[1:])
 
 
 @torch.no_grad()
 def evaluate(model, loader, args):
     """Cross-entropy and top-1/top-5 accuracy (percent) of a classifier over a sharded loader,
-    summed over ranks."""
+    summed over ranks. A video with several test views is classified by its softmax averaged
+    over them."""
     model.eval()
     totals = torch.zeros(4, device=args.device)  # loss sum, top-1 hits, top-5 hits, count
     for images, labels in loader:
         labels = labels.to(args.device, non_blocking=True)
-        with autocast(args):
-            logits = model(to_device(images, args)).float()
-        top1, top5 = accuracy(logits, labels, (1, 5))
+        log_probs = per_view(model, images, args).log_softmax(-1)  # [B, V, classes]
+        # log of the mean softmax over the views (with one view: log_softmax of the logits)
+        log_probs = log_probs.logsumexp(1) - math.log(log_probs.shape[1])
+        top1, top5 = accuracy(log_probs, labels, (1, 5))
         n = len(labels)
-        totals += torch.stack([F.cross_entropy(logits, labels, reduction='sum'), top1 * n / 100,
+        totals += torch.stack([F.nll_loss(log_probs, labels, reduction='sum'), top1 * n / 100,
                                top5 * n / 100, torch.tensor(float(n), device=args.device)])
     if world_size() > 1:
         dist.all_reduce(totals)
@@ -27,16 +44,39 @@ def evaluate(model, loader, args):
     return loss / max(n, 1), 100 * hit1 / max(n, 1), 100 * hit5 / max(n, 1)
 
 
+def test_checkpoint(model, loader, args):
+    """--test best|last (main_linear.py, main_ce.py): load this run's best.pth or last.pth into
+    model and print its accuracy on loader, which holds every test view (datasets.eval_dataset)."""
+    path = os.path.join(args.save_folder, f'{args.test}.pth')
+    if not os.path.isfile(path):
+        raise UserError(f'--test {args.test}: {path} does not exist; run the same command without --test first')
+    ckpt = load_checkpoint(path, '--test')
+    load_state(unwrap(model), ckpt['model'], path)
+    _, acc1, acc5 = evaluate(model, loader, args)
+    views = (f'{args.test_clips} clips x {args.test_crops} crops per video' if args.dataset in VIDEO_DATASETS
+             else 'one view per image')
+    if is_main():
+        print(f'test accuracy of {path} (epoch {ckpt["epoch"]}, {views}): {acc1:.2f} (top-5 {acc5:.2f})')
+    return acc1, acc5
+
+
+def view_features(trunk, views, args):
+    """Trunk features [B, D] of one batch, averaged over its test views: a list of batches of
+    the same samples (crops), or a batch of video test views [B, V, C, T, H, W] (clips x crops)."""
+    if not isinstance(views, (list, tuple)):
+        views = [views]
+    return torch.cat([per_view(trunk, v, args) for v in views], 1).mean(1)
+
+
 @torch.no_grad()
-def extract_features(trunk, loader, args):
-    """L2-normalised trunk features and labels of a sharded loader, gathered from all ranks in
-    dataset order."""
+def extract_features(trunk, loader, args, normalize=True):
+    """Trunk features (L2-normalised unless normalize=False) and labels of a sharded loader,
+    gathered from all ranks in dataset order."""
     trunk.eval()
     feats, labels = [], []
     for images, target in loader:
-        with autocast(args):
-            f = trunk(to_device(images, args))
-        feats.append(F.normalize(f.float(), dim=1))
+        f = view_features(trunk, images, args)
+        feats.append(F.normalize(f, dim=1) if normalize else f)
         labels.append(target.to(args.device))
     feats, labels = torch.cat(feats), torch.cat(labels)
     if world_size() > 1:  # shards are rank::world; pad to equal length, gather, re-interleave
@@ -51,17 +91,53 @@ def extract_features(trunk, loader, args):
     return feats, labels
 
 
+def knn_vote(sim, neighbour_labels, num_classes, t):
+    """Weighted kNN vote (Wu et al. 2018): each neighbour (a column of sim / neighbour_labels
+    [n, k]) votes for its class with weight exp(sim / t). Returns the winning classes."""
+    votes = sim.new_zeros(len(sim), num_classes)
+    votes.scatter_add_(1, neighbour_labels, (sim / t).exp())
+    return votes.argmax(1)
+
+
 def knn_predict(test_feats, bank_feats, bank_labels, num_classes, k=200, t=0.1, chunk=1024):
-    """Weighted kNN (Wu et al. 2018): the k most cosine-similar bank entries vote for their
-    class with weight exp(sim / t). Returns predicted classes."""
+    """Weighted kNN: the k most cosine-similar bank entries (features L2-normalised) vote.
+    Returns predicted classes."""
     preds = []
     k = min(k, len(bank_labels))
     for q in test_feats.split(chunk):
         sim, idx = (q @ bank_feats.T).topk(k, dim=1)
-        votes = torch.zeros(len(q), num_classes, device=q.device)
-        votes.scatter_add_(1, bank_labels[idx], (sim / t).exp())
-        preds.append(votes.argmax(1))
+        preds.append(knn_vote(sim, bank_labels[idx], num_classes, t))
     return torch.cat(preds)
+
+
+def knn_accuracies(query, query_labels, bank, bank_labels, ks=(10, 20, 100, 200), temperatures=(0.07, 0.1),
+                   chunk=1024):
+    """Weighted kNN top-1 accuracy (percent) of every (k, t) pair, from one cosine-similarity
+    search for the max(ks) nearest bank entries (the first k of them are the k nearest)."""
+    query, bank = F.normalize(query.float(), dim=1), F.normalize(bank.float(), dim=1)
+    num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    nearest = min(max(ks), len(bank_labels))
+    hits = {(k, t): 0 for k in ks for t in temperatures}
+    for q, y in zip(query.split(chunk), query_labels.split(chunk)):
+        sim, idx = (q @ bank.T).topk(nearest, dim=1)
+        for k, t in hits:
+            hits[k, t] += (knn_vote(sim[:, :k], bank_labels[idx[:, :k]], num_classes, t) == y).sum().item()
+    return {key: 100 * h / len(query_labels) for key, h in hits.items()}
+
+
+def recall_at_k(query, query_labels, bank, bank_labels, ks=(1, 5, 10, 20, 50), chunk=1024):
+    """Retrieval recall (percent) at each k: each set is centred on its own mean and
+    L2-normalised; a query is a hit at k when any of its k most cosine-similar bank entries
+    shares its label."""
+    query = F.normalize(query.float() - query.float().mean(0), dim=1)
+    bank = F.normalize(bank.float() - bank.float().mean(0), dim=1)
+    nearest = min(max(ks), len(bank_labels))
+    hits = torch.zeros(len(ks))
+    for q, y in zip(query.split(chunk), query_labels.split(chunk)):
+        idx = (q @ bank.T).topk(nearest, dim=1).indices
+        same = bank_labels[idx] == y[:, None]
+        hits += torch.tensor([same[:, :k].any(1).sum().item() for k in ks], dtype=torch.float)
+    return {k: 100 * h / len(query_labels) for k, h in zip(ks, hits.tolist())}
 
 
 def knn_accuracy(trunk, bank_loader, test_loader, args):

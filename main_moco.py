@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import augment
 import datasets
 import distributed
+import gpu_augment
 import util
 from evaluation import knn_accuracy
 from losses import KNNLoss, MoCoLoss
@@ -97,6 +98,8 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
+    if args.gpu_aug:
+        return device_loader(args, mean, std), datasets.knn_loaders(args)
     try:
         if args.multi_crop:
             views = augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops,
@@ -111,6 +114,23 @@ def set_loader(args):
     train_set = datasets.image_dataset(args, True, views)
     # Every step enqueues a whole global batch: a partial last batch would break the queue's layout.
     return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+
+
+def device_loader(args, mean, std):
+    """--gpu_aug: MoCo v2's views (two crops, or the multi-crop groups) drawn on the device."""
+    if not args.aug_plus and not args.multi_crop:
+        raise util.UserError('--gpu_aug serves MoCo v2\'s augmentation: add --aug_plus (or drop --gpu_aug for v1\'s)')
+    if args.constrained_cropping or args.auto_augment:
+        raise util.UserError('--gpu_aug has no constrained cropping or AutoAugment: drop --gpu_aug or those options')
+    try:
+        augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops,
+                                   mean, std)  # checks the crop options
+    except ValueError as e:
+        raise util.UserError(str(e))
+    views = [gpu_augment.moco_v2_view(size, mean, std, (lo, hi)) for n, size, lo, hi in
+             zip(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops) for _ in range(n)]
+    train_set = datasets.image_dataset(args, True, None)
+    return datasets.train_loader(train_set, args, drop_last=True, device_views=views)
 
 
 def set_model(args):
@@ -201,7 +221,7 @@ def main():
     loader, knn = set_loader(args)
     model, momentum, queue, queue_backbone = set_model(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, **util.fused(args))
     scaler = util.grad_scaler(args)
     extra = {'momentum': momentum, 'queue': queue, 'queue_backbone': queue_backbone}
     missing = [key for key, module in extra.items() if ckpt and module is not None and key not in ckpt]

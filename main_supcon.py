@@ -11,6 +11,7 @@ import torch
 import augment
 import datasets
 import distributed
+import gpu_augment
 import util
 from evaluation import knn_accuracy
 from losses import SupConLoss
@@ -37,9 +38,12 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    views = augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std))
+    if args.gpu_aug:  # the same two views, drawn for the whole batch on the device
+        views, device_views = None, [gpu_augment.supcon_view(args.size, mean, std)] * 2
+    else:
+        views, device_views = augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std)), None
     train_set = datasets.image_dataset(args, True, views)
-    return datasets.train_loader(train_set, args), datasets.knn_loaders(args)
+    return datasets.train_loader(train_set, args, device_views=device_views), datasets.knn_loaders(args)
 
 
 def set_model(args):
@@ -89,7 +93,7 @@ def main():
     loader, knn = set_loader(args)
     model, criterion = set_model(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, **util.fused(args))
     scaler = util.grad_scaler(args)
     start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
     logger = util.Logger(args.tb_folder)

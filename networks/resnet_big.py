@@ -7,6 +7,8 @@ Every wrapper keeps its trunk under `encoder`, so checkpoints store it under the
 import torch.nn as nn
 import torch.nn.functional as F
 
+from networks.resnet3d import VIDEO_MODEL_NAMES, build_video_trunk
+
 
 def conv3x3(c_in, c_out, stride=1):
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)  # BN follows: no bias
@@ -119,8 +121,11 @@ MODEL_NAMES = tuple(_ARCHS)
 
 
 def build_trunk(name, stem='cifar', width=64, in_channels=3):
+    """Any trunk by name; the video trunks (r3d18, r3d50) have one fixed stem and ignore `stem`."""
+    if name in VIDEO_MODEL_NAMES:
+        return build_video_trunk(name, width=width, in_channels=in_channels)
     if name not in _ARCHS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES + VIDEO_MODEL_NAMES)}")
     block, layers = _ARCHS[name]
     return ResNet(block, layers, stem=stem, width=width, in_channels=in_channels)
 
