@@ -13,9 +13,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tvd
 
-from augment import ClipEvalTransform, eval_transform
+from augment import eval_transform
 from gpu_augment import DeviceLoader
 from util import StepLimitReached, UserError, is_main, world_size
+from video_augment import ClipEvalTransform
 from video_datasets import VIDEO_DATASETS, video_dataset
 
 MEAN_STD = {

@@ -47,6 +47,8 @@ def init_distributed(args):
                   f'use torchrun --nproc_per_node={torch.cuda.device_count()} to use them all')
     else:
         args.device = torch.device('cpu')
+    if getattr(args, 'channels_last', None) is None:  # unset, or a script without the option
+        args.channels_last = args.device.type == 'cuda'
     if world > 1:
         backend = getattr(args, 'dist_backend', None) or ('nccl' if args.device.type == 'cuda' else 'gloo')
         dist.init_process_group(backend, rank=rank, world_size=world)
@@ -225,8 +227,7 @@ def to_device(images, args):
     """Copy a batch to the device (pinned by the loader on CUDA, so without blocking the host);
     --channels_last makes images [B, C, H, W] and clips [B, C, T, H, W] channels-last."""
     images = images.to(args.device, non_blocking=True)
-    # main_retrieval.py has no --channels_last option: channels-last on CUDA there, as its trunk
-    if getattr(args, 'channels_last', args.device.type == 'cuda') and images.dim() in (4, 5):
+    if args.channels_last and images.dim() in (4, 5):
         images = images.contiguous(memory_format=torch.channels_last if images.dim() == 4 else torch.channels_last_3d)
     return images
 

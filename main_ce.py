@@ -23,6 +23,7 @@ import augment
 import datasets
 import distributed
 import util
+import video_augment
 from evaluation import evaluate, test_checkpoint
 from networks.resnet_big import SupCEResNet
 from video_datasets import (VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint,
@@ -79,7 +80,7 @@ def set_loader(args):
         return None, datasets.eval_loader(test_set, args)
     mean, std = datasets.mean_std(args)
     if args.dataset in VIDEO_DATASETS:
-        train_set = video_dataset(args, True, augment.ClipScaleCropFlip(args.size, mean, std, colour=True))
+        train_set = video_dataset(args, True, video_augment.ClipScaleCropFlip(args.size, mean, std, colour=True))
     else:
         train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std))
     args.n_classes = datasets.num_classes(args, train_set)

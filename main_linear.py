@@ -26,6 +26,7 @@ import augment
 import datasets
 import distributed
 import util
+import video_augment
 from evaluation import evaluate, test_checkpoint
 from networks.resnet_big import LinearClassifier
 from video_datasets import (VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint,
@@ -48,7 +49,7 @@ PROTOCOLS = {
                 epochs=90, cosine=True, fc_init='normal', crop_min_scale=0.08),
     # SCE's video protocol (the released linear configs of R3D-18 / R3D-50): lr 2.0 per 256 clips
     # (4.0 at batch 512), 8 warm-up epochs then a per-step cosine to 0, no weight decay, 60 epochs,
-    # validation every 5; clips scaled, cropped and flipped (augment.ClipScaleCropFlip)
+    # validation every 5; clips scaled, cropped and flipped (video_augment.ClipScaleCropFlip)
     'video': dict(learning_rate=None, lr_per_256=2.0, batch_size=512, lr_decay_epochs='', lr_decay_rate=0.0,
                   weight_decay=0.0, epochs=60, warmup_epochs=8, val_freq=5, fc_init='default', crop_min_scale=None),
 }
@@ -109,7 +110,7 @@ def set_loader(args):
         return None, datasets.eval_loader(test_set, args)
     mean, std = datasets.mean_std(args)
     if args.dataset in VIDEO_DATASETS:
-        train_set = video_dataset(args, True, augment.ClipScaleCropFlip(args.size, mean, std))
+        train_set = video_dataset(args, True, video_augment.ClipScaleCropFlip(args.size, mean, std))
     else:
         train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std,
                                                                                   args.crop_min_scale))

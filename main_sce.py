@@ -30,6 +30,7 @@ import augment
 import datasets
 import distributed
 import util
+import video_augment
 from evaluation import knn_accuracy
 from losses import SCELoss
 from networks.heads import EncoderWithHead, mlp_head
@@ -154,7 +155,7 @@ def set_loader(args):
     if args.dataset in VIDEO_DATASETS:
         # two clips of each video, each with its own view (SCE's asymmetric blur / solarize); a clip
         # becomes its temporal difference with p 0.2, as released
-        train_set = video_dataset(args, True, augment.clip_views(args.size, mean, std), time_difference_p=0.2)
+        train_set = video_dataset(args, True, video_augment.clip_views(args.size, mean, std), time_difference_p=0.2)
         return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
     try:
         if args.recipe == 'cifar':

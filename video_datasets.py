@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from augment import temporal_difference
+from video_augment import temporal_difference
 from networks.resnet3d import VIDEO_MODEL_NAMES
 from util import UserError, is_main
 
@@ -191,7 +191,7 @@ class VideoClips(Dataset):
       (which may return several crops); item ([N * crops, C, T, H, W], label), clip-major.
 
     With probability time_difference_p a clip is replaced by its temporal difference
-    (augment.temporal_difference) before its transform: SCE's pretraining uses 0.2."""
+    (video_augment.temporal_difference) before its transform: SCE's pretraining uses 0.2."""
 
     def __init__(self, samples, classes, transform, num_frames=8, clip_duration=2.56, clips=None,
                  frame_rate=30, time_difference_p=0.0):
@@ -453,8 +453,8 @@ def video_samples(args, train):
 
 def video_dataset(args, train, transform, clips=None, time_difference_p=0.0):
     """The training (train=True) or evaluation split of a video --dataset as VideoClips (see it
-    for `transform` and `clips`): e.g. pretraining video_dataset(args, True, augment.clip_views(...),
-    time_difference_p=0.2); testing video_dataset(args, False, augment.ClipEvalTransform(...,
+    for `transform` and `clips`): e.g. pretraining video_dataset(args, True, video_augment.clip_views(...),
+    time_difference_p=0.2); testing video_dataset(args, False, video_augment.ClipEvalTransform(...,
     crops=args.test_crops), clips=args.test_clips)."""
     check_video_options(args)
     samples, classes = video_samples(args, train)

@@ -19,7 +19,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-import augment  # noqa: E402  (after the path: the repository's modules)
+import video_augment  # noqa: E402  (after the path: the repository's modules)
 from video_datasets import VIDEO_EXTENSIONS, VideoClips  # noqa: E402
 
 SHARED_VIDEOS = os.path.join(REPO, '..', 'shared', 'data', 'videos')
@@ -68,13 +68,13 @@ def main():
         pipelines = [
             ('decode 2 random clips (pretraining)', VideoClips(samples, ['x'], [lambda c: c] * 2, **common), 2),
             ('decode + SCE views, p(td) 0.2 (pretraining)',
-             VideoClips(samples, ['x'], augment.clip_views(o.size, MEAN, STD), time_difference_p=0.2, **common), 2),
+             VideoClips(samples, ['x'], video_augment.clip_views(o.size, MEAN, STD), time_difference_p=0.2, **common), 2),
             ('decode + scale/crop/flip (linear, fine-tune)',
-             VideoClips(samples, ['x'], augment.ClipScaleCropFlip(o.size, MEAN, STD), **common), 1),
+             VideoClips(samples, ['x'], video_augment.ClipScaleCropFlip(o.size, MEAN, STD), **common), 1),
             (f'decode {o.test_clips} spread clips (test)',
              VideoClips(samples, ['x'], lambda c: c, clips=o.test_clips, **common), o.test_clips),
             (f'decode + {o.test_crops} crops each (test)',
-             VideoClips(samples, ['x'], augment.ClipEvalTransform(o.size, MEAN, STD, o.test_crops),
+             VideoClips(samples, ['x'], video_augment.ClipEvalTransform(o.size, MEAN, STD, o.test_crops),
                         clips=o.test_clips, **common), o.test_clips),
         ]
         for name, dataset, clips in pipelines:

@@ -82,7 +82,7 @@ def test_recall_at_k_centres_each_set_on_its_own_mean():
 
 def test_view_features_average_over_the_test_views():
     trunk = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
-    args = SimpleNamespace(device=torch.device('cpu'), amp='none')
+    args = SimpleNamespace(device=torch.device('cpu'), amp='none', channels_last=False)
     x, y = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
     with torch.no_grad():
         assert torch.allclose(view_features(trunk, x, args), trunk(x))

@@ -11,8 +11,8 @@ import torch
 import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 
-import augment
 import util
+import video_augment
 from datasets import SeededDataset
 from networks.resnet3d import BasicBlock3d, Bottleneck3d, ResNet3d, build_video_trunk
 from networks.resnet_big import build_trunk
@@ -226,7 +226,7 @@ def test_frame_folder(tmp_path):
 def test_temporal_difference(clip_mp4):
     a = torch.full((2, 3, 4, 4), 100, dtype=torch.uint8)
     b = torch.full((2, 3, 4, 4), 61, dtype=torch.uint8)
-    assert augment.temporal_difference(a, b).unique().tolist() == [147]  # (100 - 61 + 255) / 2
+    assert video_augment.temporal_difference(a, b).unique().tolist() == [147]  # (100 - 61 + 255) / 2
     # each grey frame minus the next (7 darker): (-7 + 255) / 2 = 124, the last one's too
     ds = VideoClips([(clip_mp4, 0)], ['a'], raw(1), num_frames=4, clip_duration=1.0, time_difference_p=1.0)
     clip = ds[0][0][0]
@@ -360,7 +360,7 @@ def test_dataset_from_options(tmp_path):
     make_video(tmp_path / 'train' / 'a' / 'v.mp4')
     make_video(tmp_path / 'train' / 'b' / 'w.avi')
     args = options(dataset='video', data_folder=str(tmp_path / 'train'), num_frames=4)
-    ds = video_dataset(args, True, augment.clip_views(16, MEAN, STD), time_difference_p=0.2)
+    ds = video_dataset(args, True, video_augment.clip_views(16, MEAN, STD), time_difference_p=0.2)
     assert ds.classes == ['a', 'b'] and ds.targets == [0, 1]
     views, label = SeededDataset(ds)[(1, 7)]
     assert label == 1 and [v.shape for v in views] == [(3, 4, 16, 16)] * 2
@@ -368,13 +368,13 @@ def test_dataset_from_options(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(views, again))
     other, _ = SeededDataset(ds)[(1, 8)]
     assert not torch.equal(views[0], other[0])
-    ds = video_dataset(args, True, augment.ClipEvalTransform(16, MEAN, STD, crops=3), clips=2)
+    ds = video_dataset(args, True, video_augment.ClipEvalTransform(16, MEAN, STD, crops=3), clips=2)
     assert ds[0][0].shape == (6, 3, 4, 18, 18)  # 2 clips x 3 crops of side 16 / 0.875
     with pytest.raises(UserError, match='--test_folder'):
-        video_dataset(args, False, augment.ClipEvalTransform(16, MEAN, STD))
+        video_dataset(args, False, video_augment.ClipEvalTransform(16, MEAN, STD))
     args.num_frames = 0
     with pytest.raises(UserError, match='--num_frames'):
-        video_dataset(args, True, augment.clip_views(16, MEAN, STD))
+        video_dataset(args, True, video_augment.clip_views(16, MEAN, STD))
 
 
 # ----------------------------------------------------------------------------- clip transforms
@@ -385,9 +385,9 @@ def still_clip(frames=6, h=40, w=56):
         .expand(frames, 3, h, w).contiguous()
 
 
-@pytest.mark.parametrize('make', [lambda: augment.clip_views(24, MEAN, STD)[0],
-                                  lambda: augment.clip_views(24, MEAN, STD)[1],
-                                  lambda: augment.ClipScaleCropFlip(24, MEAN, STD)])
+@pytest.mark.parametrize('make', [lambda: video_augment.clip_views(24, MEAN, STD)[0],
+                                  lambda: video_augment.clip_views(24, MEAN, STD)[1],
+                                  lambda: video_augment.ClipScaleCropFlip(24, MEAN, STD)])
 def test_same_parameters_on_every_frame(make):
     transform = make()
     for seed in range(10):
@@ -403,13 +403,13 @@ def test_same_parameters_on_every_frame(make):
 
 def test_eval_crops_span_the_long_side():
     clip = still_clip(h=40, w=64)
-    views = augment.ClipEvalTransform(24, MEAN, STD, crops=3)(clip)
+    views = video_augment.ClipEvalTransform(24, MEAN, STD, crops=3)(clip)
     assert views.shape == (3, 3, 6, 27, 27)  # short side 24 / 0.875 = 27
     resized = TF2.normalize(TF2.to_dtype(TF2.resize(clip, [27], antialias=True), torch.float32, scale=True),
                             MEAN, STD).permute(1, 0, 2, 3)  # [C, T, 27, 43]
     assert torch.allclose(views[0], resized[..., :27]) and torch.allclose(views[2], resized[..., -27:])
     assert torch.allclose(views[1], resized[..., 8:35])
-    portrait = augment.ClipEvalTransform(24, MEAN, STD, crops=1)(still_clip(h=64, w=40))
+    portrait = video_augment.ClipEvalTransform(24, MEAN, STD, crops=1)(still_clip(h=64, w=40))
     assert portrait.shape == (1, 3, 6, 27, 27)
 
 
@@ -417,7 +417,7 @@ def test_fast_hue_and_blur_match_torchvision():
     x = torch.rand(2, 3, 20, 28)
     x[0, :, :4, :4] = 0.5  # grey pixels have no hue
     for factor in (-0.5, -0.2, 0.05, 0.2, 0.5):
-        assert torch.allclose(augment.adjust_hue(x, factor), TF2.adjust_hue(x, factor), atol=1e-5)
+        assert torch.allclose(video_augment.adjust_hue(x, factor), TF2.adjust_hue(x, factor), atol=1e-5)
     for kernel, sigma in ((3, 0.5), (7, 1.7)):
-        assert torch.allclose(augment.gaussian_blur(x, kernel, sigma), TF2.gaussian_blur(x, [kernel] * 2, [sigma] * 2),
+        assert torch.allclose(video_augment.gaussian_blur(x, kernel, sigma), TF2.gaussian_blur(x, [kernel] * 2, [sigma] * 2),
                               atol=1e-5)

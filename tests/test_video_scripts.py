@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import augment
 import datasets
 import distributed
 import util
+import video_augment
 from conftest import assert_user_error, check_ok, load, run_script
 from evaluation import evaluate, recall_at_k, view_features
 from networks.resnet_big import LinearClassifier
@@ -26,7 +26,7 @@ from test_video import make_video, still_clip
 MEAN, STD = (0.45,) * 3, (0.225,) * 3
 TINY = ['--width', '4', '--size', '32', '--num_frames', '2', '--num_workers', '0', '--print_freq', '1000',
         '--seed', '0']
-CPU = SimpleNamespace(device=torch.device('cpu'), amp='none')
+CPU = SimpleNamespace(device=torch.device('cpu'), amp='none', channels_last=False)
 
 
 # ----------------------------------------------------------------------------- by hand
@@ -93,7 +93,7 @@ def test_channels_last_of_a_video_trunk():
 
 
 def test_finetuning_colour_jitter_is_the_same_on_every_frame():
-    plain, coloured = augment.ClipScaleCropFlip(24, MEAN, STD), augment.ClipScaleCropFlip(24, MEAN, STD, colour=True)
+    plain, coloured = video_augment.ClipScaleCropFlip(24, MEAN, STD), video_augment.ClipScaleCropFlip(24, MEAN, STD, colour=True)
     changed = 0
     for seed in range(6):
         torch.manual_seed(seed)
