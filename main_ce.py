@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import augment
 import datasets
 import distributed
+import options
 import util
 import video_augment
 from evaluation import evaluate, test_checkpoint
@@ -38,7 +39,7 @@ VIDEO_FINETUNING = dict(batch_size=64, learning_rate=0.025, weight_decay=0.0, ep
 
 def parse_option():
     parser = argparse.ArgumentParser(description='cross-entropy training / fine-tuning')
-    util.add_common_options(parser, batch_size=256, learning_rate=0.2, lr_decay_epochs='350,400,450',
+    options.add_common_options(parser, batch_size=256, learning_rate=0.2, lr_decay_epochs='350,400,450',
                             lr_decay_rate=0.1, weight_decay=1e-4, epochs=500)
     parser.add_argument('--pretrained', type=str, default=None, metavar='CKPT',
                         help='start from the trunk of one of our checkpoints (its model, stem, width)')
@@ -46,19 +47,19 @@ def parse_option():
     parser.add_argument('--batch_size_val', type=int, default=None,
                         help='clips (images) per evaluation batch (default --batch_size); a video takes one per view')
     parser.add_argument('--dropout', type=float, default=0.0, help='dropout before the classifier')
-    util.add_classifier_options(parser)
+    options.add_classifier_options(parser)
     add_video_options(parser, num_frames=None)
     video = parser.parse_known_args()[0].dataset in VIDEO_DATASETS
     if video:
         parser.set_defaults(**VIDEO_FINETUNING)
     args = parser.parse_args()
-    util.check_classifier_options(args)
+    options.check_classifier_options(args)
 
     if args.pretrained:
         args.pretrained_ckpt = util.load_checkpoint(args.pretrained, '--pretrained')
         util.take_trunk_options(args, args.pretrained_ckpt, f'--pretrained {args.pretrained}')
     frames_of_checkpoint(args, args.pretrained_ckpt['args'] if args.pretrained else {})
-    util.finish_options(args, force_warm=args.warmup_epochs is None)
+    options.finish_options(args, force_warm=args.warmup_epochs is None)
     check_model_fits_data(args)
     name = (f'SupCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_trial_{args.trial}')
@@ -68,7 +69,7 @@ def parse_option():
         name += f'_split_{args.split_id}'
     if video:
         name += f'_frames_{args.num_frames}'
-    util.name_run(args, name, 'SupCon')
+    options.name_run(args, name, 'SupCon')
     return args
 
 

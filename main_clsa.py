@@ -18,6 +18,7 @@ import torch
 import augment
 import datasets
 import distributed
+import options
 import util
 from evaluation import knn_accuracy
 from losses import BatchKeysMoCoLoss, CLSALoss
@@ -31,11 +32,11 @@ CROP_FRACTIONS = (1.0, 6 / 7, 5 / 7, 4 / 7, 3 / 7)  # 224 192 160 128 96
 
 def parse_option():
     parser = argparse.ArgumentParser(description='CLSA pretraining')
-    util.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='',
+    options.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='',
                             lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
     parser.set_defaults(dataset='imagenet', size=224)
-    util.add_knn_options(parser)
-    util.add_launcher_options(parser)
+    options.add_knn_options(parser)
+    options.add_launcher_options(parser)
     # The released launcher starts one process per GPU unless told otherwise: so do we, through torchrun.
     parser.set_defaults(multiprocessing_distributed=None)
 
@@ -68,7 +69,7 @@ def parse_option():
                    help='1: also the key crop as a query, against the momentum keys of the first weak crop')
     args = parser.parse_args()
 
-    util.finish_options(args, force_warm=False)
+    options.finish_options(args, force_warm=False)
     if args.lr_decay_epochs:
         raise util.UserError('CLSA\'s schedule is a half cosine per epoch: drop --lr_decay_epochs')
     args.cosine = True  # --cos is accepted, and implied
@@ -96,7 +97,7 @@ def parse_option():
             f'_strong_{picks(args.pick_strong)}_trial_{args.trial}')
     if args.sym:
         name += '_sym'
-    util.name_run(args, name, 'CLSA')
+    options.name_run(args, name, 'CLSA')
     return args
 
 

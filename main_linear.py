@@ -25,6 +25,7 @@ import torch.nn.functional as F
 import augment
 import datasets
 import distributed
+import options
 import util
 import video_augment
 from evaluation import evaluate, test_checkpoint
@@ -57,7 +58,7 @@ PROTOCOLS = {
 
 def parse_option():
     parser = argparse.ArgumentParser(description='linear evaluation of a frozen trunk')
-    util.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
+    options.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
                                                         if k not in ('fc_init', 'crop_min_scale')})
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
     parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
@@ -69,7 +70,7 @@ def parse_option():
     parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
     parser.add_argument('--batch_size_val', type=int, default=None,
                         help='clips (images) per evaluation batch (default --batch_size); a video takes one per view')
-    util.add_classifier_options(parser)
+    options.add_classifier_options(parser)
     add_video_options(parser, num_frames=None)
     known = parser.parse_known_args()[0]
     protocol = known.protocol or ('video' if known.dataset in VIDEO_DATASETS else 'supcon')
@@ -80,7 +81,7 @@ def parse_option():
                              f'--protocol video is the protocol of video datasets ({", ".join(VIDEO_DATASETS)})')
     if args.protocol == 'video' and args.crop_min_scale is not None:
         raise util.UserError('--crop_min_scale: the video protocol scales and crops clips as released; drop it')
-    util.check_classifier_options(args)
+    options.check_classifier_options(args)
     if args.learning_rate is None:  # a protocol that scales the rate with the batch
         args.learning_rate = args.lr_per_256 * args.batch_size / 256
 
@@ -90,7 +91,7 @@ def parse_option():
     frames_of_checkpoint(args, args.pretrained['args'])
     if args.size is None:
         args.size = args.pretrained['args']['size']
-    util.finish_options(args, force_warm=False)
+    options.finish_options(args, force_warm=False)
     name = (f'{args.pretrained["args"]["run_name"]}_epoch_{args.pretrained["epoch"]}_linear_{args.dataset}'
             f'_lr_{args.learning_rate}_bsz_{args.batch_size}_trial_{args.trial}')
     if args.protocol != 'supcon':
@@ -98,7 +99,7 @@ def parse_option():
     if args.protocol == 'video':
         name += f'_frames_{args.num_frames}'
 
-    util.name_run(args, name, 'Linear', name_width=False)  # the trunk's run name has the width
+    options.name_run(args, name, 'Linear', name_width=False)  # the trunk's run name has the width
     return args
 
 

@@ -18,6 +18,7 @@ import augment
 import datasets
 import distributed
 import gpu_augment
+import options
 import util
 from evaluation import knn_accuracy
 from losses import KNNLoss, MoCoLoss
@@ -28,11 +29,11 @@ from networks.resnet_big import build_trunk
 
 def parse_option():
     parser = argparse.ArgumentParser(description='MoCo v2 pretraining with the Revisiting-contrastive options')
-    util.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='120,160',
+    options.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='120,160',
                             lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
     parser.set_defaults(dataset='imagenet', size=224)
-    util.add_knn_options(parser)
-    util.add_launcher_options(parser)
+    options.add_knn_options(parser)
+    options.add_launcher_options(parser)
     parser.add_argument('data', nargs='?', default=None, help='dataset folder, as MoCo takes it (= --data_folder)')
     parser.add_argument('--schedule', type=int, nargs='*', default=None,
                         help="MoCo's spelling of --lr_decay_epochs: epochs where lr drops 10x")
@@ -66,7 +67,7 @@ def parse_option():
         args.data_folder = args.data
     if args.schedule is not None:
         args.lr_decay_epochs = ','.join(map(str, args.schedule))
-    util.finish_options(args, force_warm=False)
+    options.finish_options(args, force_warm=False)
     if args.warm:  # --warm: linear warm-up to where MoCo's schedule stands after the warm-up epochs
         args.warmup_to = learning_rate(args, args.warm_epochs + 1)
     # Any crop option selects the Revisiting multi-crop pipeline (MoCo v2 augmentation per crop),
@@ -92,7 +93,7 @@ def parse_option():
         name += '_autoaug'
     if args.aux_weight > 0:
         name += f'_knn_{args.aux_topk}_{args.aux_weight}'
-    util.name_run(args, name, 'MoCo')
+    options.name_run(args, name, 'MoCo')
     return args
 
 

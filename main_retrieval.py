@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import datasets
 import distributed
+import options
 import util
 from evaluation import extract_features, knn_accuracies, recall_at_k
 from video_datasets import VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint
@@ -38,7 +39,7 @@ FIGURE_TYPES = ('.png', '.pdf', '.svg', '.jpg')
 def parse_option():
     parser = argparse.ArgumentParser(description="kNN classification, retrieval and t-SNE of a checkpoint's trunk")
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
-    util.add_data_options(parser)
+    options.add_data_options(parser)
     parser.set_defaults(dataset=None)  # None: the checkpoint's dataset, folders and statistics
     add_video_options(parser, num_frames=None)
 
@@ -64,7 +65,7 @@ def parse_option():
             raise util.UserError(f'--{name} must be positive, got {values}')
     if args.tsne and os.path.splitext(args.tsne)[1].lower() not in FIGURE_TYPES:
         raise util.UserError(f'--tsne {args.tsne}: name a figure file ending in {", ".join(FIGURE_TYPES)}')
-    util.parse_mean_std(args)
+    options.parse_mean_std(args)
 
     args.pretrained = util.load_checkpoint(args.ckpt)
     saved = args.pretrained['args']

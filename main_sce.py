@@ -29,6 +29,7 @@ import torch
 import augment
 import datasets
 import distributed
+import options
 import util
 import video_augment
 from evaluation import knn_accuracy
@@ -73,10 +74,10 @@ SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'stl10', 'digits')
 
 def parse_option():
     parser = argparse.ArgumentParser(description='SCE pretraining')
-    util.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
+    options.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
                             lr_decay_rate=0.1, weight_decay=None, epochs=None)
-    util.add_knn_options(parser)
-    util.add_launcher_options(parser)
+    options.add_knn_options(parser)
+    options.add_launcher_options(parser)
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,
                         help='defaults of a released configuration (default: cifar for cifar10/cifar100/stl10/digits, '
                              'r3d18_kinetics200 for videos, else imagenet)')
@@ -120,7 +121,7 @@ def parse_option():
         raise util.UserError('--warm: main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
     if args.lr_decay_epochs:
         raise util.UserError('--lr_decay_epochs: SCE\'s schedule is a warm-up then a cosine to 0; drop it')
-    util.finish_options(args, force_warm=False)
+    options.finish_options(args, force_warm=False)
     check_model_fits_data(args)
     if args.dataset in VIDEO_DATASETS and (args.nmb_crops != [2] or args.size_crops or args.min_scale_crops
                                            or args.max_scale_crops):
@@ -146,7 +147,7 @@ def parse_option():
         name += '_sym'
     if args.dataset in VIDEO_DATASETS:
         name += f'_frames_{args.num_frames}'
-    util.name_run(args, name, 'SCE')
+    options.name_run(args, name, 'SCE')
     return args
 
 

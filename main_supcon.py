@@ -12,6 +12,7 @@ import augment
 import datasets
 import distributed
 import gpu_augment
+import options
 import util
 from evaluation import knn_accuracy
 from losses import SupConLoss
@@ -20,19 +21,19 @@ from networks.resnet_big import SupConResNet
 
 def parse_option():
     parser = argparse.ArgumentParser(description='SupCon / SimCLR pretraining')
-    util.add_common_options(parser, batch_size=256, learning_rate=0.05, lr_decay_epochs='700,800,900',
+    options.add_common_options(parser, batch_size=256, learning_rate=0.05, lr_decay_epochs='700,800,900',
                             lr_decay_rate=0.1, weight_decay=1e-4, epochs=1000)
-    util.add_knn_options(parser)
+    options.add_knn_options(parser)
     parser.add_argument('--method', type=str, default='SupCon', choices=['SupCon', 'SimCLR'])
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')
     parser.add_argument('--head', type=str, default='mlp', choices=['mlp', 'linear'])
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
     args = parser.parse_args()
 
-    util.finish_options(args, force_warm=True)
+    options.finish_options(args, force_warm=True)
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}')
-    util.name_run(args, name, 'SupCon')
+    options.name_run(args, name, 'SupCon')
     return args
 
 

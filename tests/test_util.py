@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import options
 import util
 from datasets import SeededSampler, ShardSampler
 from evaluation import knn_predict
@@ -120,11 +121,11 @@ def test_options_shared_spellings(monkeypatch):
 
 
 def test_parse_floats_forms():
-    assert util.parse_floats('(0.5, 0.25, 0.125)', '--mean') == (0.5, 0.25, 0.125)
-    assert util.parse_floats('0.5,0.25,0.125', '--mean') == (0.5, 0.25, 0.125)
-    assert util.parse_floats('0.5', '--mean') == (0.5,)
+    assert options.parse_floats('(0.5, 0.25, 0.125)', '--mean') == (0.5, 0.25, 0.125)
+    assert options.parse_floats('0.5,0.25,0.125', '--mean') == (0.5, 0.25, 0.125)
+    assert options.parse_floats('0.5', '--mean') == (0.5,)
     with pytest.raises(util.UserError, match='--mean'):
-        util.parse_floats('(a, b)', '--mean')
+        options.parse_floats('(a, b)', '--mean')
 
 
 def test_take_trunk_options():

@@ -11,6 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 
+import options
 import util
 import video_augment
 from datasets import SeededDataset
@@ -146,7 +147,7 @@ def test_rebuilt_from_checkpoint_args():
 
 def test_options_accept_video_names():
     parser = argparse.ArgumentParser()
-    util.add_common_options(parser, batch_size=8, learning_rate=0.1, lr_decay_epochs='', lr_decay_rate=0.1,
+    options.add_common_options(parser, batch_size=8, learning_rate=0.1, lr_decay_epochs='', lr_decay_rate=0.1,
                             weight_decay=0.0, epochs=1)
     add_video_options(parser)
     args = parser.parse_args(['--model', 'r3d50', '--dataset', 'ucf101', '--num_frames', '16', '--split_id', '2'])
@@ -262,7 +263,7 @@ def test_every_video_unreadable_is_a_user_error(tmp_path):
 
 # ----------------------------------------------------------------------------- listing videos
 
-def options(**kw):
+def video_options(**kw):
     parser = argparse.ArgumentParser()
     add_video_options(parser)
     args = parser.parse_args([])
@@ -282,11 +283,11 @@ def touch(root, *rels):
 def test_class_folders_of_videos_and_frames(tmp_path):
     touch(tmp_path / 'train', 'b/v1.mp4', 'b/v2.avi', 'a/v3.webm', 'a/notes.txt', 'a/frames/00001.jpg')
     touch(tmp_path / 'test', 'b/v4.mkv')
-    samples, classes = video_samples(options(dataset='video', data_folder=str(tmp_path / 'train')), True)
+    samples, classes = video_samples(video_options(dataset='video', data_folder=str(tmp_path / 'train')), True)
     assert classes == ['a', 'b']
     assert [(os.path.relpath(p, tmp_path / 'train'), y) for p, y in samples] == [
         ('a/frames', 0), ('a/v3.webm', 0), ('b/v1.mp4', 1), ('b/v2.avi', 1)]
-    args = options(dataset='video', data_folder=str(tmp_path / 'train'), test_folder=str(tmp_path / 'test'))
+    args = video_options(dataset='video', data_folder=str(tmp_path / 'train'), test_folder=str(tmp_path / 'test'))
     assert video_samples(args, False) == ([(str(tmp_path / 'test' / 'b' / 'v4.mkv'), 1)], ['a', 'b'])
     with pytest.raises(UserError, match='holds no videos'):
         folder_samples(str(tmp_path / 'train' / 'a' / 'frames'), '--data_folder')
@@ -300,7 +301,7 @@ def test_ucf101_lists(tmp_path):
     (splits / 'testlist01.txt').write_text('Archery/v_B_g01_c01.avi\n')
     (splits / 'trainlist02.txt').write_text('Archery/v_B_g01_c01.avi 2\n')
     touch(tmp_path, 'ApplyEyeMakeup/v_A_g08_c01.avi', 'Archery/v_B_g01_c01.avi', 'Archery/v_B_g09_c02/00001.jpg')
-    args = options(dataset='ucf101', data_folder=str(tmp_path))
+    args = video_options(dataset='ucf101', data_folder=str(tmp_path))
     train, classes = video_samples(args, True)
     assert classes == ['ApplyEyeMakeup', 'Archery']
     # the second video was extracted to frames: its folder stands for the listed .avi
@@ -321,7 +322,7 @@ def test_hmdb51_lists(tmp_path):
     (splits / 'cartwheel_test_split1.txt').write_text('d.avi 2 \ne.avi 1 \n')
     (splits / 'cartwheel_test_split2.txt').write_text('d.avi 1 \n')
     touch(tmp_path, 'brush_hair/a.avi', 'brush_hair/b.avi', 'brush_hair/c.avi', 'cartwheel/d.avi', 'cartwheel/e.avi')
-    args = options(dataset='hmdb51', data_folder=str(tmp_path), split_dir=str(splits))
+    args = video_options(dataset='hmdb51', data_folder=str(tmp_path), split_dir=str(splits))
     rel = lambda samples: [(os.path.relpath(p, tmp_path), y) for p, y in samples]  # noqa: E731
     train, classes = video_samples(args, True)
     assert classes == ['brush_hair', 'cartwheel']
@@ -339,7 +340,7 @@ def test_kinetics_lists(tmp_path, capsys):
     touch(tmp_path / 'train', 'abseiling/abc_000010_000020.mp4', 'air drumming/xyz_000000_000010.mkv')
     (tmp_path / 'val.txt').write_text('x/v1.mp4,air drumming\n')  # comma-separated: names may hold spaces
     touch(tmp_path / 'val', 'x/v1.mp4')
-    args = options(dataset='kinetics', data_folder=str(tmp_path))
+    args = video_options(dataset='kinetics', data_folder=str(tmp_path))
     train, classes = video_samples(args, True)
     assert classes == ['abseiling', 'air drumming']
     assert [(os.path.relpath(p, tmp_path), y) for p, y in train] == [
@@ -359,7 +360,7 @@ def test_kinetics_lists(tmp_path, capsys):
 def test_dataset_from_options(tmp_path):
     make_video(tmp_path / 'train' / 'a' / 'v.mp4')
     make_video(tmp_path / 'train' / 'b' / 'w.avi')
-    args = options(dataset='video', data_folder=str(tmp_path / 'train'), num_frames=4)
+    args = video_options(dataset='video', data_folder=str(tmp_path / 'train'), num_frames=4)
     ds = video_dataset(args, True, video_augment.clip_views(16, MEAN, STD), time_difference_p=0.2)
     assert ds.classes == ['a', 'b'] and ds.targets == [0, 1]
     views, label = SeededDataset(ds)[(1, 7)]
