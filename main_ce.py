@@ -40,7 +40,7 @@ VIDEO_FINETUNING = dict(batch_size=64, learning_rate=0.025, weight_decay=0.0, ep
 def parse_option():
     parser = argparse.ArgumentParser(description='cross-entropy training / fine-tuning')
     options.add_common_options(parser, batch_size=256, learning_rate=0.2, lr_decay_epochs='350,400,450',
-                            lr_decay_rate=0.1, weight_decay=1e-4, epochs=500)
+                               lr_decay_rate=0.1, weight_decay=1e-4, epochs=500)
     parser.add_argument('--pretrained', type=str, default=None, metavar='CKPT',
                         help='start from the trunk of one of our checkpoints (its model, stem, width)')
     parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')

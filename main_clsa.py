@@ -33,7 +33,7 @@ CROP_FRACTIONS = (1.0, 6 / 7, 5 / 7, 4 / 7, 3 / 7)  # 224 192 160 128 96
 def parse_option():
     parser = argparse.ArgumentParser(description='CLSA pretraining')
     options.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='',
-                            lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
+                               lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
     parser.set_defaults(dataset='imagenet', size=224)
     options.add_knn_options(parser)
     options.add_launcher_options(parser)

@@ -59,7 +59,7 @@ PROTOCOLS = {
 def parse_option():
     parser = argparse.ArgumentParser(description='linear evaluation of a frozen trunk')
     options.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
-                                                        if k not in ('fc_init', 'crop_min_scale')})
+                                                           if k not in ('fc_init', 'crop_min_scale')})
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
     parser.add_argument('--protocol', choices=sorted(PROTOCOLS), default=None,
                         help='defaults of a published linear protocol: supcon (SupContrast; the default for '

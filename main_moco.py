@@ -30,7 +30,7 @@ from networks.resnet_big import build_trunk
 def parse_option():
     parser = argparse.ArgumentParser(description='MoCo v2 pretraining with the Revisiting-contrastive options')
     options.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='120,160',
-                            lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
+                               lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
     parser.set_defaults(dataset='imagenet', size=224)
     options.add_knn_options(parser)
     options.add_launcher_options(parser)

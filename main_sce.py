@@ -75,7 +75,7 @@ SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'stl10', 'digits')
 def parse_option():
     parser = argparse.ArgumentParser(description='SCE pretraining')
     options.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
-                            lr_decay_rate=0.1, weight_decay=None, epochs=None)
+                               lr_decay_rate=0.1, weight_decay=None, epochs=None)
     options.add_knn_options(parser)
     options.add_launcher_options(parser)
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,

@@ -22,7 +22,7 @@ from networks.resnet_big import SupConResNet
 def parse_option():
     parser = argparse.ArgumentParser(description='SupCon / SimCLR pretraining')
     options.add_common_options(parser, batch_size=256, learning_rate=0.05, lr_decay_epochs='700,800,900',
-                            lr_decay_rate=0.1, weight_decay=1e-4, epochs=1000)
+                               lr_decay_rate=0.1, weight_decay=1e-4, epochs=1000)
     options.add_knn_options(parser)
     parser.add_argument('--method', type=str, default='SupCon', choices=['SupCon', 'SimCLR'])
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')

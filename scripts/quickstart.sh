@@ -7,6 +7,6 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 launch main_supcon.py --dataset digits --model resnet18 --width 16 --batch_size 128 --learning_rate 0.1 \
-    --temp 0.1 --cosine --epochs 10 --knn_freq 5 --num_workers 2 --print_freq 5
-launch main_linear.py --dataset digits --batch_size 128 --learning_rate 0.5 --cosine --epochs 10 --num_workers 2 \
+    --temp 0.1 --cosine --epochs 10 --knn_freq 5 --num_workers 2 --print_freq 5 --seed 0
+launch main_linear.py --dataset digits --batch_size 128 --learning_rate 0.5 --cosine --epochs 10 --num_workers 2 --seed 0 \
     --print_freq 100 --ckpt save/SupCon/digits_models/SupCon_digits_resnet18_lr_0.1_decay_0.0001_bsz_128_temp_0.1_trial_0_cosine_width_16/last.pth

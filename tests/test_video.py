@@ -148,7 +148,7 @@ def test_rebuilt_from_checkpoint_args():
 def test_options_accept_video_names():
     parser = argparse.ArgumentParser()
     options.add_common_options(parser, batch_size=8, learning_rate=0.1, lr_decay_epochs='', lr_decay_rate=0.1,
-                            weight_decay=0.0, epochs=1)
+                               weight_decay=0.0, epochs=1)
     add_video_options(parser)
     args = parser.parse_args(['--model', 'r3d50', '--dataset', 'ucf101', '--num_frames', '16', '--split_id', '2'])
     assert (args.model, args.dataset, args.num_frames, args.split_id) == ('r3d50', 'ucf101', 16, 2)
