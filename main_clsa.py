@@ -33,7 +33,7 @@ CROP_FRACTIONS = (1.0, 6 / 7, 5 / 7, 4 / 7, 3 / 7)  # 224 192 160 128 96
 def parse_option():
     parser = argparse.ArgumentParser(description='CLSA pretraining')
     options.add_common_options(parser, batch_size=256, learning_rate=0.03, lr_decay_epochs='',
-                               lr_decay_rate=0.1, weight_decay=1e-4, epochs=200)
+                               lr_decay_rate=None, weight_decay=1e-4, epochs=200)
     parser.set_defaults(dataset='imagenet', size=224)
     options.add_knn_options(parser)
     options.add_launcher_options(parser)
@@ -69,6 +69,9 @@ def parse_option():
                    help='1: also the key crop as a query, against the momentum keys of the first weak crop')
     args = parser.parse_args()
 
+    if args.lr_decay_rate is not None:
+        raise util.UserError("CLSA's schedule is a half cosine per epoch to 0: drop --lr_decay_rate")
+    args.lr_decay_rate = 0.0  # the cosine ends at 0
     options.finish_options(args, force_warm=False)
     if args.lr_decay_epochs:
         raise util.UserError('CLSA\'s schedule is a half cosine per epoch: drop --lr_decay_epochs')

@@ -75,7 +75,7 @@ SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'stl10', 'digits')
 def parse_option():
     parser = argparse.ArgumentParser(description='SCE pretraining')
     options.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
-                               lr_decay_rate=0.1, weight_decay=None, epochs=None)
+                               lr_decay_rate=None, weight_decay=None, epochs=None)
     options.add_knn_options(parser)
     options.add_launcher_options(parser)
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,
@@ -121,6 +121,9 @@ def parse_option():
         raise util.UserError('--warm: main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
     if args.lr_decay_epochs:
         raise util.UserError('--lr_decay_epochs: SCE\'s schedule is a warm-up then a cosine to 0; drop it')
+    if args.lr_decay_rate is not None:
+        raise util.UserError("SCE's schedule is a warm-up then a cosine to 0: drop --lr_decay_rate")
+    args.lr_decay_rate = 0.0  # the cosine ends at 0
     options.finish_options(args, force_warm=False)
     check_model_fits_data(args)
     if args.dataset in VIDEO_DATASETS and (args.nmb_crops != [2] or args.size_crops or args.min_scale_crops

@@ -543,7 +543,9 @@ def run_main(argv, cwd, monkeypatch, capsys):
     (['--moco_k', '20'], ['--moco_k 20', '8']),
     (['--world_size=2', '--rank=1'], ['--world_size 2 --rank 1']),
     (['--lr_decay_epochs', '120,160'], ['cosine', '--lr_decay_epochs']),
-], ids=['pick-outside', 'crop-lists-disagree', 'queue-not-divisible', 'nodes-without-gpus', 'step-schedule'])
+    (['--lr_decay_rate', '0.2'], ['cosine', '--lr_decay_rate']),
+], ids=['pick-outside', 'crop-lists-disagree', 'queue-not-divisible', 'nodes-without-gpus', 'step-schedule',
+        'decay-rate'])
 def test_option_errors(shared_data, tmp_path, monkeypatch, capsys, extra, needles):
     proc = run_main(['--dataset', 'path', '--data_folder', shared_data[0], *SINGLE, '--batch_size', '8',
                      '--moco_k', '32', *extra, '--epochs', '1', '--knn_freq', '0', '--num_workers', '0', *TINY],

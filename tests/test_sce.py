@@ -238,6 +238,7 @@ def test_two_processes_match_one(shared_data, tmp_path):
     (['--queue_size', '20'], ['--queue_size 20', 'divisible']),
     (['--warm'], ['--warm', '--warmup_epochs']),
     (['--lr_decay_epochs', '10,20'], ['--lr_decay_epochs']),
+    (['--lr_decay_rate', '0.2'], ['--lr_decay_rate']),
     (['--nmb_crops', '2', '2'], ['--nmb_crops', 'cifar recipe']),
 ])
 def test_option_errors(shared_data, tmp_path, extra, needles):
