@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import checkpoints
 import util
 from util import UserError, world_size
 
@@ -54,8 +55,6 @@ def init_distributed(args):
         dist.init_process_group(backend, rank=rank, world_size=world)
     if args.batch_size % world:
         raise UserError(f'--batch_size {args.batch_size} is not divisible by the {world} processes')
-    if getattr(args, 'batch_size_val', None) is None:
-        args.batch_size_val = args.batch_size
     if args.syncBN and world == 1 and rank == 0:
         print('note: --syncBN has no effect with a single process')
 
@@ -68,7 +67,7 @@ def relaunch_with_torchrun(args):
     if gpus == 0:
         raise UserError('--multiprocessing-distributed starts one process per GPU and none is visible; '
                         'drop it to train in this process')
-    url = args.dist_url or 'tcp://localhost:10001'
+    url = args.dist_url
     host, _, port = url.removeprefix('tcp://').rpartition(':')
     if not host or not port.isdigit():
         raise UserError(f'--dist-url must look like tcp://HOST:PORT, got {url!r}')
@@ -233,12 +232,13 @@ def to_device(images, args):
 
 
 def start(args):
-    """The set-up every script begins with: ranks and device, seeds, the --resume checkpoint, and
-    the data seed all ranks' samplers share (--seed, the resumed run's, or a random one from rank 0).
-    Returns the checkpoint to resume from, or None."""
+    """The run-time state every script begins with, set here and nowhere else: rank, process count
+    and device, seeds, the --resume checkpoint, the data seed all ranks' samplers share (--seed, the
+    resumed run's, or a random one from rank 0) and the last good checkpoint. Returns the checkpoint
+    to resume from, or None."""
     init_distributed(args)
     util.set_seed(args)
-    ckpt = util.resume_checkpoint(args)
+    ckpt = checkpoints.resume_checkpoint(args)
     if ckpt:
         args.data_seed = ckpt['args']['data_seed']
     elif args.seed is not None:

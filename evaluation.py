@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed import gather, to_device
-from util import UserError, accuracy, autocast, is_main, load_checkpoint, load_state, unwrap, world_size
+from checkpoints import load_checkpoint, load_state
+from util import UserError, accuracy, autocast, is_main, unwrap, world_size
 from video_datasets import VIDEO_DATASETS
 
 
@@ -42,6 +43,30 @@ def evaluate(model, loader, args):
         dist.all_reduce(totals)
     loss, hit1, hit5, n = totals.tolist()
     return loss / max(n, 1), 100 * hit1 / max(n, 1), 100 * hit5 / max(n, 1)
+
+
+class Validation:
+    """--val_freq: a classifier's validation loss and top-1/top-5 accuracy after every N epochs and
+    the last, and the best top-1 so far with the top-5 of its epoch (resumed from a checkpoint's)."""
+
+    def __init__(self, model, loader, args, ckpt):
+        self.model, self.loader, self.args = model, loader, args
+        self.best_acc, self.best_acc5 = (ckpt['best_acc'], ckpt.get('best_acc5', 0.0)) if ckpt else (0.0, 0.0)
+
+    def __call__(self, epoch):
+        """(is this epoch the best so far, text for the epoch line, scalars to log)."""
+        if epoch % self.args.val_freq and epoch != self.args.epochs:
+            return False, '', {}
+        loss, acc, acc5 = evaluate(self.model, self.loader, self.args)
+        best = acc >= self.best_acc
+        if best:
+            self.best_acc, self.best_acc5 = acc, acc5
+        return best, f', val acc {acc:.2f} (top-5 {acc5:.2f}), best {self.best_acc:.2f}', dict(
+            val_loss=loss, val_acc=acc, val_acc5=acc5)
+
+    def report(self):
+        if is_main():
+            print(f'best accuracy: {self.best_acc:.2f} (top-5 {self.best_acc5:.2f})')
 
 
 def test_checkpoint(model, loader, args):
@@ -138,6 +163,26 @@ def recall_at_k(query, query_labels, bank, bank_labels, ks=(1, 5, 10, 20, 50), c
         same = bank_labels[idx] == y[:, None]
         hits += torch.tensor([same[:, :k].any(1).sum().item() for k in ks], dtype=torch.float)
     return {k: 100 * h / len(query_labels) for k, h in zip(ks, hits.tolist())}
+
+
+class KNNMonitor:
+    """The kNN monitor of pretraining: the weighted kNN top-1 accuracy of the trunk (test split
+    against the training split; --knn_k, --knn_t) before training (the random trunk: the baseline
+    training must beat), every --knn_freq epochs and after the last; printed and logged as
+    knn_accuracy. loaders: datasets.knn_loaders' (None: off)."""
+
+    def __init__(self, loaders, trunk, args, logger):
+        self.loaders, self.trunk, self.args, self.logger = loaders, trunk, args, logger
+
+    def __call__(self, epoch):
+        """After `epoch` (0: before the first), when it is due."""
+        a = self.args
+        if self.loaders is None or not (epoch == 0 or epoch % a.knn_freq == 0 or epoch == a.epochs):
+            return
+        acc = knn_accuracy(self.trunk, *self.loaders, a)
+        if is_main():
+            print(f'epoch {epoch}, kNN accuracy {acc:.2f}', flush=True)
+        self.logger.log(epoch, knn_accuracy=acc)
 
 
 def knn_accuracy(trunk, bank_loader, test_loader, args):

@@ -14,8 +14,6 @@ best.pth; the same command with --test best (or last) then tests that checkpoint
     python main_linear.py --ckpt save/SCE/r3d18_kinetics200/last.pth --dataset kinetics --data_folder DIR \\
         --test best --batch_size_val 480
 """
-import argparse
-import time
 from collections import OrderedDict
 
 import torch
@@ -23,15 +21,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import augment
+import checkpoints
 import datasets
 import distributed
+import optim
 import options
 import util
 import video_augment
-from evaluation import evaluate, test_checkpoint
+from evaluation import Validation, test_checkpoint
 from networks.resnet_big import LinearClassifier
-from video_datasets import (VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint,
-                            video_dataset)
+from video_datasets import VIDEO_DATASETS, video_dataset
 
 
 # Each method's published linear protocol: the defaults of the options below. Flags given on the
@@ -57,7 +56,7 @@ PROTOCOLS = {
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='linear evaluation of a frozen trunk')
+    parser = options.parser('linear evaluation of a frozen trunk')
     options.add_common_options(parser, batch_size=256, **{k: v for k, v in PROTOCOLS['supcon'].items()
                                                            if k not in ('fc_init', 'crop_min_scale')})
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
@@ -67,31 +66,31 @@ def parse_option():
                              'protocol; the default for videos)')
     parser.add_argument('--fc_init', choices=['default', 'normal'], help="'normal': weights N(0, 0.01), bias 0")
     parser.add_argument('--crop_min_scale', type=float, help='smallest area of the training crop')
-    parser.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
-    parser.add_argument('--batch_size_val', type=int, default=None,
-                        help='clips (images) per evaluation batch (default --batch_size); a video takes one per view')
     options.add_classifier_options(parser)
-    add_video_options(parser, num_frames=None)
-    known = parser.parse_known_args()[0]
-    protocol = known.protocol or ('video' if known.dataset in VIDEO_DATASETS else 'supcon')
-    parser.set_defaults(protocol=protocol, **PROTOCOLS[protocol])
-    args = parser.parse_args()
+    options.add_video_options(parser, num_frames=None)
+    parser.set_defaults(size=None)  # the checkpoint's
+    args, given = options.parse(parser, lambda known: dict(
+        protocol=(protocol := known.protocol or ('video' if known.dataset in VIDEO_DATASETS else 'supcon')),
+        **PROTOCOLS[protocol]))
     if (args.protocol == 'video') != (args.dataset in VIDEO_DATASETS):
         raise util.UserError(f'--protocol {args.protocol} does not evaluate --dataset {args.dataset}: '
                              f'--protocol video is the protocol of video datasets ({", ".join(VIDEO_DATASETS)})')
-    if args.protocol == 'video' and args.crop_min_scale is not None:
-        raise util.UserError('--crop_min_scale: the video protocol scales and crops clips as released; drop it')
-    options.check_classifier_options(args)
+    if args.protocol == 'video':
+        options.refuse(given, ('crop_min_scale',), 'the video protocol scales and crops clips as released; drop it')
+    options.refuse(given, ('syncBN',), 'the trunk is frozen and the linear classifier has no BatchNorm')
+    options.check_classifier_options(args, given)
+    if args.warmup_epochs is None:
+        options.check_schedule(args, given)
     if args.learning_rate is None:  # a protocol that scales the rate with the batch
         args.learning_rate = args.lr_per_256 * args.batch_size / 256
 
-    args.pretrained = util.load_checkpoint(args.ckpt)
-    util.take_trunk_options(args, args.pretrained, f'--ckpt {args.ckpt}')
-    check_model_fits_data(args)
-    frames_of_checkpoint(args, args.pretrained['args'])
+    args.pretrained = checkpoints.load_checkpoint(args.ckpt)
+    checkpoints.take_trunk_options(args, args.pretrained, f'--ckpt {args.ckpt}', given)
+    options.check_model_fits_data(args)
+    options.frames_of_checkpoint(args, args.pretrained['args'])
     if args.size is None:
         args.size = args.pretrained['args']['size']
-    options.finish_options(args, force_warm=False)
+    options.finish_options(args, given)
     name = (f'{args.pretrained["args"]["run_name"]}_epoch_{args.pretrained["epoch"]}_linear_{args.dataset}'
             f'_lr_{args.learning_rate}_bsz_{args.batch_size}_trial_{args.trial}')
     if args.protocol != 'supcon':
@@ -122,7 +121,7 @@ def set_loader(args):
 def set_model(args):
     """Returns (probe, trunk, classifier): the probe (trunk under 'encoder.', classifier under
     'classifier.') is what is saved; the classifier alone is trained (DDP-wrapped if distributed)."""
-    trunk = util.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}')
+    trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}')
     del args.pretrained  # not an option: keep it out of the saved args
     classifier = LinearClassifier(trunk.feat_dim, num_classes=args.n_classes)
     if args.fc_init == 'normal':
@@ -133,21 +132,30 @@ def set_model(args):
     trunk.to(args.device)
     if args.channels_last:
         distributed.channels_last(trunk)
-    return probe, trunk, distributed.distribute(classifier, args)
+    features = torch.compile(trunk) if args.compile else trunk
+    return probe, features, distributed.distribute(classifier, args)
+
+
+def lr_at(args, epoch, step, steps):
+    """With --warmup_epochs (the video protocol): per step, a linear warm-up from 0, then a cosine to
+    0. Else SupContrast's schedule (optim.supcontrast_lr) with the protocol's defaults: supcon x0.2
+    at 60, 75, 90; moco x0.1 at 60, 80; sce and clsa a per-epoch cosine to 0 and to lr x 0.1^3."""
+    if args.warmup_epochs is not None:
+        return optim.warmup_cosine(args.learning_rate, (epoch - 1) * steps + step, args.warmup_epochs * steps,
+                                   args.epochs * steps)
+    return optim.supcontrast_lr(args, epoch, step, steps)
 
 
 def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
-    """One epoch of the classifier on frozen features; returns (average loss, top-1 accuracy)."""
+    """One epoch of the classifier on frozen features; returns its progress (loss, accuracy, time)."""
     trunk.eval()  # frozen: BN keeps its pretrained statistics
     classifier.train()
-    batch_time, data_time = util.AverageMeter(), util.AverageMeter()
-    losses, top1 = util.AverageMeter(), util.AverageMeter()
-    timer = util.Timer()
+    progress = util.EpochProgress(epoch, len(loader), args, guard)
     for idx, (images, labels) in enumerate(loader):
-        data_time.update(timer.lap())
+        progress.data_ready()
         images = distributed.to_device(images, args)
         labels = labels.to(args.device, non_blocking=True)
-        util.step_learning_rate(args, optimizer, epoch, idx, len(loader))
+        optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
 
         with util.autocast(args):
             with torch.no_grad():
@@ -159,19 +167,10 @@ def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-
-        # the global batch's loss and accuracy on every rank, as with one process (and a
-        # non-finite loss on any rank stops them all)
+        # the global batch's loss and accuracy on every rank, as with one process
         loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
-        guard.update(loss_acc[0], idx + 1)
-        losses.update(loss_acc[0], len(labels))
-        top1.update(loss_acc[1], len(labels))
-        batch_time.update(timer.lap())
-        if (idx + 1) % args.print_freq == 0:
-            guard.check(epoch, args.last_good)
-            util.print_step(epoch, idx + 1, len(loader), batch_time, data_time, {'loss': losses, 'Acc@1': top1})
-    guard.check(epoch, args.last_good)
-    return losses.avg, top1.avg
+        progress.step(idx, len(labels), loss=loss_acc[0], train_acc=loss_acc[1])
+    return progress.end()
 
 
 def main():
@@ -182,36 +181,21 @@ def main():
     if args.test:
         test_checkpoint(probe, val_loader, args)
         return
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = optim.build_optimizer(classifier.parameters(), args)
     scaler = util.grad_scaler(args)
-    start_epoch = util.restore(ckpt, args, probe, optimizer, scaler)
-    best_acc, best_acc5 = (ckpt['best_acc'], ckpt['best_acc5']) if ckpt else (0.0, 0.0)
-    logger = util.Logger(args.tb_folder)
+    start_epoch = checkpoints.restore(ckpt, args, probe, optimizer, scaler, 'Linear')
+    logger = util.Logger(args.tb_folder, args)
     guard = util.NonFiniteGuard(args.device)
+    validation = Validation(probe, val_loader, args, ckpt)
 
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
-        util.adjust_learning_rate(args, optimizer, epoch)
-        start = time.time()
-        loss, train_acc = train(train_loader, trunk, classifier, optimizer, scaler, guard, epoch, args)
-        seconds = time.time() - start
-        line = f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, train acc {train_acc:.2f}'
-        scalars = dict(train_loss=loss, train_acc=train_acc, learning_rate=optimizer.param_groups[0]['lr'])
-        best = False
-        if epoch % args.val_freq == 0 or epoch == args.epochs:
-            val_loss, val_acc, val_acc5 = evaluate(probe, val_loader, args)
-            best = val_acc >= best_acc
-            best_acc, best_acc5 = max(best_acc, val_acc), max(best_acc5, val_acc5)
-            line += f', val acc {val_acc:.2f} (top-5 {val_acc5:.2f})'
-            scalars.update(val_loss=val_loss, val_acc=val_acc, val_acc5=val_acc5)
-        if util.is_main():
-            print(line)
-        logger.log(epoch, **scalars)
-        util.save_epoch(args, epoch, best=best, method='Linear', model=probe, optimizer=optimizer, scaler=scaler,
-                        best_acc=best_acc, best_acc5=best_acc5)
-    if util.is_main():
-        print(f'best accuracy: {best_acc:.2f} (top-5 {best_acc5:.2f})')
+        progress = train(train_loader, trunk, classifier, optimizer, scaler, guard, epoch, args)
+        best, line, scalars = validation(epoch)
+        logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
+        checkpoints.save_epoch(args, epoch, best=best, method='Linear', model=probe, optimizer=optimizer,
+                               scaler=scaler, best_acc=validation.best_acc, best_acc5=validation.best_acc5)
+    validation.report()
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ Videos (seed 001's retrieval): each video's feature is the trunk's averaged over
 
     python main_retrieval.py --ckpt save/SCE/r3d50_kinetics400/last.pth --dataset ucf101 --data_folder DIR --split_id 1
 """
-import argparse
 import json
 import math
 import os
@@ -25,23 +24,24 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import checkpoints
 import datasets
 import distributed
 import options
 import util
 from evaluation import extract_features, knn_accuracies, recall_at_k
-from video_datasets import VIDEO_DATASETS, add_video_options, check_model_fits_data, frames_of_checkpoint
+from video_datasets import VIDEO_DATASETS
 
 FEATURE_FILES = ('train_features', 'train_labels', 'val_features', 'val_labels')
 FIGURE_TYPES = ('.png', '.pdf', '.svg', '.jpg')
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description="kNN classification, retrieval and t-SNE of a checkpoint's trunk")
+    parser = options.parser("kNN classification, retrieval and t-SNE of a checkpoint's trunk")
     parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
     options.add_data_options(parser)
-    parser.set_defaults(dataset=None)  # None: the checkpoint's dataset, folders and statistics
-    add_video_options(parser, num_frames=None)
+    parser.set_defaults(dataset=None, size=None)  # None: the checkpoint's dataset, folders, statistics, size
+    options.add_video_options(parser, num_frames=None)
 
     g = parser.add_argument_group('extraction')
     g.add_argument('--batch_size', type=int, default=256, help='global batch size of the extraction')
@@ -57,7 +57,7 @@ def parse_option():
     g.add_argument('--tsne', type=str, default=None, metavar='FIGURE',
                    help='write a t-SNE figure of the query features')
     g.add_argument('--tsne_samples', type=int, default=2000, help='query features drawn for the t-SNE')
-    args = parser.parse_args()
+    args, given = options.parse(parser)
 
     for name in ('batch_size', 'size', 'knn_k', 'knn_t', 'recall_k', 'tsne_samples'):
         values = getattr(args, name)
@@ -67,25 +67,28 @@ def parse_option():
         raise util.UserError(f'--tsne {args.tsne}: name a figure file ending in {", ".join(FIGURE_TYPES)}')
     options.parse_mean_std(args)
 
-    args.pretrained = util.load_checkpoint(args.ckpt)
+    args.pretrained = checkpoints.load_checkpoint(args.ckpt)
     saved = args.pretrained['args']
     if args.dataset is None:
         args.dataset = saved['dataset']
         for key in ('data_folder', 'test_folder'):
-            if getattr(args, key) is None:
-                setattr(args, key, saved.get(key))
+            if key not in given:
+                setattr(args, key, saved.get(key) or getattr(args, key))
         if args.mean is None and saved.get('mean') is not None:
             args.mean, args.std = tuple(saved['mean']), tuple(saved['std'])
-    args.data_folder = args.data_folder or './datasets/'
+    options.check_data_options(args, given)
     args.model = saved['model']
-    check_model_fits_data(args)
-    frames_of_checkpoint(args, saved)
+    options.check_model_fits_data(args)
+    options.frames_of_checkpoint(args, saved)
+    if args.dataset in VIDEO_DATASETS:
+        options.check_video_options(args)
     if args.size is None:
         args.size = saved['size']
     if args.features_dir is None:
         name = os.path.splitext(os.path.basename(args.ckpt))[0]
         args.features_dir = os.path.join(os.path.dirname(args.ckpt), f'features_{name}_{args.dataset}_{args.size}')
     args.syncBN = False  # read by the distributed set-up; nothing is trained here
+    args.batch_size_val = args.batch_size
     return args
 
 
@@ -156,7 +159,7 @@ def set_loader(args):
 def extract(args):
     """Trunk features (not L2-normalised) and labels of both splits, on the CPU of rank 0."""
     bank_loader, query_loader, classes = set_loader(args)
-    trunk = util.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
+    trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
     if args.device.type == 'cuda':
         distributed.channels_last(trunk)
     start = time.time()

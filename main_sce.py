@@ -22,23 +22,24 @@ label of InfoNCE mixed with the momentum key's own similarities to a queue of pa
 datasets, r3d18_kinetics200 for videos); any flag given overrides them.
 """
 import argparse
-import time
 
 import torch
 
 import augment
+import checkpoints
 import datasets
 import distributed
+import optim
 import options
 import util
 import video_augment
-from evaluation import knn_accuracy
+from evaluation import KNNMonitor
 from losses import SCELoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import (MomentumEncoder, Queue, convert_split_batchnorm, cosine_momentum,
                                shuffled_forward)
 from networks.resnet_big import build_trunk
-from video_datasets import VIDEO_DATASETS, add_video_options, check_model_fits_data, video_dataset
+from video_datasets import VIDEO_DATASETS, video_dataset
 
 
 # The released configurations. learning_rate is per 256 images: the run uses lr * batch_size / 256.
@@ -73,7 +74,7 @@ SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'stl10', 'digits')
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='SCE pretraining')
+    parser = options.parser('SCE pretraining')
     options.add_common_options(parser, batch_size=None, learning_rate=None, lr_decay_epochs='',
                                lr_decay_rate=None, weight_decay=None, epochs=None)
     options.add_knn_options(parser)
@@ -82,7 +83,7 @@ def parse_option():
                         help='defaults of a released configuration (default: cifar for cifar10/cifar100/stl10/digits, '
                              'r3d18_kinetics200 for videos, else imagenet)')
     parser.add_argument('--optimizer', choices=['lars', 'sgd'], help='LARS: trust coefficient --trust_coefficient')
-    parser.add_argument('--trust_coefficient', type=float, default=1e-3)
+    parser.add_argument('--trust_coefficient', type=float, default=1e-3, help='LARS trust coefficient')
     parser.add_argument('--warmup_epochs', type=int, help='linear warm-up from 0, then a per-step cosine to 0')
 
     g = parser.add_argument_group('SCE')
@@ -98,7 +99,8 @@ def parse_option():
                         '--no-sym: crop 0 (weak) feeds the target, the others the online branch')
     g.add_argument('--shuffle_bn', action=argparse.BooleanOptionalAction,
                    help='shuffle the keys\' batch for BatchNorm (across ranks, or --bn_splits on one process)')
-    g.add_argument('--bn_splits', type=int, default=None, help='one process: BN over this many sub-batches (default 8)')
+    g.add_argument('--bn_splits', type=int, default=8,
+                   help='with --shuffle_bn on one process: BatchNorm over this many sub-batches (1 = off)')
     g.add_argument('--proj_hidden', type=int)
     g.add_argument('--proj_dim', type=int)
     g.add_argument('--proj_layers', type=int, help='Linear layers of the projector')
@@ -106,37 +108,35 @@ def parse_option():
     g.add_argument('--pred_hidden', type=int)
     g.add_argument('--pred_layers', type=int, help='Linear layers of the predictor (0 = no predictor)')
     g.add_argument('--nmb_crops', type=int, nargs='+', default=[2], help='crops per resolution; 2 global crops first')
-    g.add_argument('--size_crops', type=int, nargs='+', default=None, help='default --size')
-    g.add_argument('--min_scale_crops', type=float, nargs='+', default=None, help='default 0.2')
-    g.add_argument('--max_scale_crops', type=float, nargs='+', default=None, help='default 1.0')
-    add_video_options(parser)
+    g.add_argument('--size_crops', type=int, nargs='+', default=None, help='default: --size each')
+    g.add_argument('--min_scale_crops', type=float, nargs='+', default=None, help='default: 0.2 each')
+    g.add_argument('--max_scale_crops', type=float, nargs='+', default=None, help='default: 1.0 each')
+    options.add_video_options(parser)
 
-    known = parser.parse_known_args()[0]
-    recipe = known.recipe or ('cifar' if known.dataset in SMALL_IMAGE_DATASETS else
-                              'r3d18_kinetics200' if known.dataset in VIDEO_DATASETS else 'imagenet')
-    parser.set_defaults(recipe=recipe, cosine=True, **RECIPES[recipe])
-    args = parser.parse_args()
+    args, given = options.parse(parser, lambda known: dict(
+        recipe=(recipe := known.recipe or ('cifar' if known.dataset in SMALL_IMAGE_DATASETS else 'r3d18_kinetics200'
+                                           if known.dataset in VIDEO_DATASETS else 'imagenet')),
+        cosine=True, **RECIPES[recipe]))
 
-    if args.warm:
-        raise util.UserError('--warm: main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
-    if args.lr_decay_epochs:
-        raise util.UserError('--lr_decay_epochs: SCE\'s schedule is a warm-up then a cosine to 0; drop it')
-    if args.lr_decay_rate is not None:
-        raise util.UserError("SCE's schedule is a warm-up then a cosine to 0: drop --lr_decay_rate")
+    options.refuse(given, ('warm',), 'main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
+    options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate'), "SCE's schedule is a warm-up then a cosine to 0; drop it")
+    if args.optimizer != 'lars':
+        options.refuse(given, ('trust_coefficient',), 'it is LARS\'s; this run uses --optimizer sgd')
     args.lr_decay_rate = 0.0  # the cosine ends at 0
-    options.finish_options(args, force_warm=False)
-    check_model_fits_data(args)
-    if args.dataset in VIDEO_DATASETS and (args.nmb_crops != [2] or args.size_crops or args.min_scale_crops
-                                           or args.max_scale_crops):
-        raise util.UserError('--nmb_crops/--size_crops/--min_scale_crops/--max_scale_crops: video pretraining '
-                             'takes two clips of --size; drop them')
+    options.check_launcher(args, given)
+    options.finish_options(args, given)
+    options.resolve_bn_splits(args, given, shuffled=args.shuffle_bn)
+    options.check_model_fits_data(args)
+    if args.dataset in VIDEO_DATASETS:
+        options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
+                       'video pretraining takes two clips of --size; drop it')
     if args.recipe == 'cifar' and args.nmb_crops != [2]:
         raise util.UserError('--nmb_crops: the cifar recipe has one weak and one strong view; multi-crop '
                              'needs --recipe imagenet')
     args.size_crops = args.size_crops or [args.size] * len(args.nmb_crops)
     args.min_scale_crops = args.min_scale_crops or [0.2] * len(args.nmb_crops)
     args.max_scale_crops = args.max_scale_crops or [1.0] * len(args.nmb_crops)
-    args.lr = args.learning_rate * args.batch_size / 256
+    args.scaled_lr = args.learning_rate * args.batch_size / 256
     args.num_keys = 2 if args.sym else 1  # global crops through the momentum encoder
     if args.queue_size % (args.num_keys * args.batch_size):
         raise util.UserError(f'--queue_size {args.queue_size} is not divisible by the {args.num_keys * args.batch_size} '
@@ -182,30 +182,28 @@ def set_model(args):
     predictor = (mlp_head(args.proj_dim, args.pred_hidden, args.proj_dim, args.pred_layers, bn=True)
                  if args.pred_layers > 0 else None)
     model = EncoderWithHead(trunk, projector, predictor)
-
-    per_rank = args.batch_size // args.world_size
-    if args.bn_splits is None:
-        args.bn_splits = 8 if args.shuffle_bn and args.world_size == 1 and per_rank % 8 == 0 else 1
     if args.bn_splits > 1:
-        if not args.shuffle_bn or args.world_size > 1:
-            raise util.UserError('--bn_splits emulates shuffle-BN on one process: it needs --shuffle_bn and '
-                                 'a single process')
-        if per_rank % args.bn_splits:
-            raise util.UserError(f'--batch_size {args.batch_size} is not divisible by --bn_splits {args.bn_splits}')
         model = convert_split_batchnorm(model, args.bn_splits)
 
     model = distributed.distribute(model, args)
-    momentum = MomentumEncoder(util.unwrap(model), drop=('predictor',)).to(args.device)
+    momentum_encoder = MomentumEncoder(util.unwrap(model), drop=('predictor',)).to(args.device)
     # one queue for all ranks: its random initial rows are rank 0's
     queue = distributed.broadcast_from_rank0(Queue(args.queue_size, args.proj_dim).to(args.device))
-    return model, momentum, queue
+    return model, momentum_encoder, queue
 
 
-def set_optimizer(model, args):
-    if args.optimizer == 'lars':
-        return util.LARS(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum,
-                         trust_coefficient=args.trust_coefficient)
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+def lr_at(args, epoch, step, steps):
+    """SCE's per-step schedule: linear warm-up from 0 over --warmup_epochs, then a cosine to 0, of
+    the batch-scaled rate (--learning_rate x batch / 256)."""
+    return optim.warmup_cosine(args.scaled_lr, (epoch - 1) * steps + step, args.warmup_epochs * steps,
+                               args.epochs * steps)
+
+
+def momentum_at(args, step, total_steps):
+    """The target encoder's momentum: --initial_momentum, constant or rising along a cosine to 1."""
+    if args.momentum_schedule == 'cosine':
+        return cosine_momentum(args.initial_momentum, step, total_steps)
+    return args.initial_momentum
 
 
 def encode_keys(momentum, crops, args):
@@ -227,18 +225,16 @@ def pair_loss(criterion, queries, keys, queue, first_query):
     return loss / len(keys)
 
 
-def train(loader, model, momentum, queue, optimizer, scaler, guard, epoch, args):
-    """One epoch; returns the average loss."""
+def train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args):
+    """One epoch; returns its progress (average loss, time, images)."""
     model.train()
-    momentum.train()
+    momentum_encoder.train()
     criterion = SCELoss(args.coeff, args.temp, args.temp_m)
-    batch_time, data_time, losses = util.AverageMeter(), util.AverageMeter(), util.AverageMeter()
-    steps, total_steps = len(loader), args.epochs * len(loader)
-    timer = util.Timer()
+    steps = len(loader)
+    progress = util.EpochProgress(epoch, steps, args, guard)
     for idx, (crops, _) in enumerate(loader):
-        data_time.update(timer.lap())
-        step = (epoch - 1) * steps + idx
-        util.set_lr(optimizer, util.warmup_cosine_lr(args.lr, step, args.warmup_epochs * steps, total_steps))
+        progress.data_ready()
+        optim.set_lr(optimizer, lr_at(args, epoch, idx, steps))
         crops = [distributed.to_device(c, args) for c in crops]
         # symmetric: every crop is a query and the 2 global ones are keys; else crop 0 is the only key
         query_crops = crops if args.sym else crops[1:]
@@ -248,70 +244,47 @@ def train(loader, model, momentum, queue, optimizer, scaler, guard, epoch, args)
         with util.autocast(args):
             q, _ = model(query_crops)  # [bsz * len(query_crops), D], crop-major
             with torch.no_grad():
-                keys = encode_keys(momentum, crops[:args.num_keys], args)
+                keys = encode_keys(momentum_encoder, crops[:args.num_keys], args)
         loss = pair_loss(criterion, q.split(bsz), keys, queue.keys.clone(), first_query)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        m = (cosine_momentum(args.initial_momentum, step, total_steps) if args.momentum_schedule == 'cosine'
-             else args.initial_momentum)
-        momentum.update(util.unwrap(model), m)  # after the optimiser step, as released
+        # after the optimiser step, as released
+        momentum_encoder.update(util.unwrap(model), momentum_at(args, (epoch - 1) * steps + idx, args.epochs * steps))
         queue.enqueue(torch.cat([distributed.gather(k.float()) for k in keys]))
-
-        mean_loss = distributed.reduce_mean(loss.detach())
-        guard.update(mean_loss, idx + 1)
-        losses.update(mean_loss, bsz)
-        batch_time.update(timer.lap())
-        if (idx + 1) % args.print_freq == 0:
-            guard.check(epoch, args.last_good)
-            util.print_step(epoch, idx + 1, steps, batch_time, data_time, {'loss': losses})
-    guard.check(epoch, args.last_good)
-    return losses.avg, m
+        progress.step(idx, bsz, loss=distributed.reduce_mean(loss.detach()))
+    return progress.end()
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
-    loader, knn = set_loader(args)
-    model, momentum, queue = set_model(args)
-    optimizer = set_optimizer(model, args)
+    loader, knn_loaders = set_loader(args)
+    model, momentum_encoder, queue = set_model(args)
+    optimizer = optim.build_optimizer(model.parameters(), args, kind=args.optimizer)
     scaler = util.grad_scaler(args)
-    if ckpt and not all(key in ckpt for key in ('momentum', 'queue')):
-        raise util.UserError(f'--resume {ckpt["path"]} has no momentum encoder or queue: resume a main_sce.py checkpoint')
-    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
-    if ckpt:
-        util.load_state(momentum, ckpt['momentum'], f'--resume {ckpt["path"]} (momentum)')
-        util.load_state(queue, ckpt['queue'], f'--resume {ckpt["path"]} (queue)')
-    logger = util.Logger(args.tb_folder)
+    state = {'momentum_encoder': momentum_encoder, 'queue': queue}
+    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'SCE', state)
+    logger = util.Logger(args.tb_folder, args)
     guard = util.NonFiniteGuard(args.device)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
+    steps = len(loader)
     if util.is_main():
-        print(f'recipe {args.recipe}: {args.optimizer} lr {args.lr:g} (= {args.learning_rate} x {args.batch_size} / 256), '
-              f'{len(loader)} steps per epoch')
+        print(f'recipe {args.recipe}: {args.optimizer} lr {args.scaled_lr:g} (= {args.learning_rate} x '
+              f'{args.batch_size} / 256), {steps} steps per epoch')
 
-    def monitor(epoch):
-        acc = knn_accuracy(util.unwrap(model).encoder, *knn, args)
-        if util.is_main():
-            print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
-        logger.log(epoch, knn_accuracy=acc)
-
-    if knn and start_epoch == 1:
-        monitor(0)  # the randomly initialised trunk: the baseline training must beat
+    if start_epoch == 1:
+        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        start = time.time()
-        loss, m = train(loader, model, momentum, queue, optimizer, scaler, guard, epoch, args)
-        seconds = time.time() - start
-        images_per_s = len(loader) * args.batch_size / seconds
-        if util.is_main():
-            print(f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, {images_per_s:.0f} images/s')
-        logger.log(epoch, loss=loss, learning_rate=optimizer.param_groups[0]['lr'], momentum=m,
-                   images_per_s=images_per_s)
-        if knn and (epoch % args.knn_freq == 0 or epoch == args.epochs):
-            monitor(epoch)
-        util.save_epoch(args, epoch, method='SCE', model=model, optimizer=optimizer, scaler=scaler,
-                        momentum=momentum.state_dict(), queue=queue.state_dict())
+        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args)
+        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'],
+                     momentum=momentum_at(args, epoch * steps - 1, args.epochs * steps))
+        knn(epoch)
+        checkpoints.save_epoch(args, epoch, method='SCE', model=model, optimizer=optimizer, scaler=scaler,
+                               state=state)
 
 
 if __name__ == '__main__':

@@ -3,24 +3,23 @@
     python main_supcon.py --batch_size 1024 --learning_rate 0.5 --temp 0.1 --cosine
     python main_supcon.py --batch_size 1024 --learning_rate 0.5 --temp 0.5 --cosine --syncBN --method SimCLR
 """
-import argparse
-import time
-
 import torch
 
 import augment
+import checkpoints
 import datasets
 import distributed
 import gpu_augment
+import optim
 import options
 import util
-from evaluation import knn_accuracy
+from evaluation import KNNMonitor
 from losses import SupConLoss
 from networks.resnet_big import SupConResNet
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='SupCon / SimCLR pretraining')
+    parser = options.parser('SupCon / SimCLR pretraining')
     options.add_common_options(parser, batch_size=256, learning_rate=0.05, lr_decay_epochs='700,800,900',
                                lr_decay_rate=0.1, weight_decay=1e-4, epochs=1000)
     options.add_knn_options(parser)
@@ -28,9 +27,11 @@ def parse_option():
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')
     parser.add_argument('--head', type=str, default='mlp', choices=['mlp', 'linear'])
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
-    args = parser.parse_args()
+    args, given = options.parse(parser)
 
-    options.finish_options(args, force_warm=True)
+    options.check_schedule(args, given)
+    options.finish_options(args, given)
+    args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}')
     options.name_run(args, name, 'SupCon')
@@ -53,17 +54,22 @@ def set_model(args):
     return distributed.distribute(model, args), criterion
 
 
+def lr_at(args, epoch, step, steps):
+    """SupContrast's schedule (optim.supcontrast_lr): per epoch a cosine to lr * rate^3 (--cosine)
+    or x rate after each of --lr_decay_epochs, after --warm's per-step warm-up from 0.01."""
+    return optim.supcontrast_lr(args, epoch, step, steps)
+
+
 def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
-    """One epoch; returns the average loss."""
+    """One epoch; returns its progress (average loss, time, images)."""
     model.train()
-    batch_time, data_time, losses = util.AverageMeter(), util.AverageMeter(), util.AverageMeter()
-    timer = util.Timer()
+    progress = util.EpochProgress(epoch, len(loader), args, guard)
     for idx, (images, labels) in enumerate(loader):
-        data_time.update(timer.lap())
+        progress.data_ready()
         images = distributed.to_device(torch.cat(images, 0), args)
         labels = labels.to(args.device, non_blocking=True)
         bsz = labels.shape[0]
-        util.warmup_learning_rate(args, epoch, idx, len(loader), optimizer)
+        optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
 
         with util.autocast(args):
             features = model(images)
@@ -77,53 +83,30 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-
-        guard.update(loss, idx + 1)
-        losses.update(loss, bsz)
-        batch_time.update(timer.lap())
-        if (idx + 1) % args.print_freq == 0:
-            guard.check(epoch, args.last_good)
-            util.print_step(epoch, idx + 1, len(loader), batch_time, data_time, {'loss': losses})
-    guard.check(epoch, args.last_good)
-    return losses.avg
+        progress.step(idx, bsz, loss=loss)
+    return progress.end()
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
-    loader, knn = set_loader(args)
+    loader, knn_loaders = set_loader(args)
     model, criterion = set_model(args)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, **util.fused(args))
+    optimizer = optim.build_optimizer(model.parameters(), args)
     scaler = util.grad_scaler(args)
-    start_epoch = util.restore(ckpt, args, model, optimizer, scaler)
-    logger = util.Logger(args.tb_folder)
+    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, args.method)
+    logger = util.Logger(args.tb_folder, args)
     guard = util.NonFiniteGuard(args.device)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
 
-    def monitor(epoch):
-        acc = knn_accuracy(util.unwrap(model).encoder, *knn, args)
-        if util.is_main():
-            print(f'epoch {epoch}, kNN accuracy {acc:.2f}')
-        logger.log(epoch, knn_accuracy=acc)
-
-    if knn and start_epoch == 1:
-        monitor(0)  # the randomly initialised trunk: the baseline training must beat
+    if start_epoch == 1:
+        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        util.adjust_learning_rate(args, optimizer, epoch)
-        start = time.time()
-        loss = train(loader, model, criterion, optimizer, scaler, guard, epoch, args)
-        seconds = time.time() - start
-        images_per_s = len(loader.dataset) * 2 / seconds
-        if util.is_main():
-            print(f'epoch {epoch}, total time {seconds:.2f}, loss {loss:.4f}, {images_per_s:.0f} views/s')
-        logger.log(epoch, loss=loss, learning_rate=optimizer.param_groups[0]['lr'], views_per_s=images_per_s)
-
-        if knn and (epoch % args.knn_freq == 0 or epoch == args.epochs):
-            monitor(epoch)
-
-        util.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer,
-                        scaler=scaler)
+        progress = train(loader, model, criterion, optimizer, scaler, guard, epoch, args)
+        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'])
+        knn(epoch)
+        checkpoints.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer, scaler=scaler)
 
 
 if __name__ == '__main__':

@@ -1,13 +1,80 @@
-"""Option groups every script shares, declared once (SupContrast's spellings, with the seeds' other
-spellings as aliases), and the derived settings, run names and save folders."""
+"""Command-line options every script shares, declared once (SupContrast's spellings, with the released
+codes' other spellings as aliases), their checks, derived settings, run names and save folders.
+
+The rule: every option either takes effect or ends the run with a one-line error saying why it does
+not apply; --help shows each option's real default; `args` is complete when parse_option() returns."""
 import argparse
 import ast
-import math
 import os
+import sys
 
 from networks.resnet3d import VIDEO_MODEL_NAMES
 from networks.resnet_big import MODEL_NAMES, default_stem
 from util import UserError
+from video_datasets import VIDEO_DATASETS
+
+TORCHVISION_DATASETS = ('cifar10', 'cifar100', 'stl10')
+VIDEO_OPTIONS = ('num_frames', 'clip_duration', 'test_clips', 'test_crops', 'split_id', 'split_dir', 'train_list',
+                 'val_list', 'frame_rate')
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (after any recipe or protocol has set it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.option_strings and action.default is not argparse.SUPPRESS and '(default' not in text \
+                and action.default is not None and action.nargs != 0:
+            text += ' (default: %(default)s)'
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors (a typo'd option, a bad value) end in the same one line as ours."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def parser(description):
+    return Parser(description=description, formatter_class=_Formatter, add_help=False)
+
+
+def parse(parser, preset=None):
+    """Parse the command line; returns (args, the set of options given on it). preset(known) returns
+    the defaults a pre-parsed choice selects (a recipe, a protocol), set before the real parse so
+    that --help shows them and every flag given still overrides them."""
+    if preset is not None:
+        required = [a for a in parser._actions if a.required]
+        for a in required:  # --help must work without them
+            a.required = False
+        parser.set_defaults(**preset(parser.parse_known_args()[0]))
+        for a in required:
+            a.required = True
+    parser.add_argument('-h', '--help', action='help', help='show this help and exit')
+    args = parser.parse_args()
+    return args, given_options(parser)
+
+
+def given_options(parser, argv=None):
+    """The dests of the options written on the command line (whatever their value)."""
+    quiet = Parser(add_help=False)
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        kwargs = dict(dest=a.dest, default=argparse.SUPPRESS, nargs=a.nargs)
+        if a.nargs == 0:  # flags: store_true / BooleanOptionalAction
+            kwargs = dict(dest=a.dest, default=argparse.SUPPRESS, action='store_const', const=True)
+        quiet.add_argument(*a.option_strings, **kwargs) if a.option_strings else quiet.add_argument(
+            a.dest, nargs='?', default=argparse.SUPPRESS)
+    return set(vars(quiet.parse_known_args(sys.argv[1:] if argv is None else argv)[0]))
+
+
+def refuse(given, names, why):
+    """A one-line error when any of names was given: it does not apply here, and why."""
+    found = [n for n in names if n in given]
+    if found:
+        raise UserError(f'--{found[0]}: {why}')
 
 
 def parse_floats(text, name):
@@ -19,15 +86,17 @@ def parse_floats(text, name):
         raise UserError(f'{name} must be numbers such as "(0.485, 0.456, 0.406)", got {text!r}')
 
 
+# ----------------------------------------------------------------------------- option groups
+
 def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr_decay_rate,
-                       weight_decay, epochs):
-    """Options every script shares, with SupContrast's spellings; each script passes its defaults."""
+                       weight_decay, epochs, size=32):
+    """Options every training script shares, with SupContrast's spellings; each script passes its defaults."""
     g = parser.add_argument_group('run')
     g.add_argument('--print_freq', '--print-freq', '-p', type=int, default=10, help='print every N steps')
     g.add_argument('--save_freq', type=int, default=50, help='keep ckpt_epoch_N.pth every N epochs')
     g.add_argument('--num_workers', '--workers', '-j', type=int, default=16, help='data-loading workers per process')
     g.add_argument('--trial', type=str, default='0', help='id appended to the run name')
-    g.add_argument('--seed', type=int, default=None, help='seed every RNG (per process: seed + rank)')
+    g.add_argument('--seed', type=int, default=None, help='seed every RNG (per process: seed + rank); default: random')
     g.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
                    help='continue from CKPT, or from the run folder\'s last.pth when no path is given')
     g.add_argument('--save_root', type=str, default='./save', help='root of the save/ folders')
@@ -36,10 +105,10 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
 
     g = parser.add_argument_group('speed (scripts/benchmark.py measures each)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=None,
-                   help='channels-last images and weights (default on CUDA): faster convolutions on GPUs, '
+                   help='channels-last images and weights (default: on with CUDA): faster convolutions on GPUs, '
                         'and on CPUs with oneDNN, where it rounds differently from NCHW, so opt in there')
     g.add_argument('--fused_optimizer', action=argparse.BooleanOptionalAction, default=True,
-                   help="one fused kernel for the optimiser step (else torch's default: foreach on CUDA, a loop on CPU)")
+                   help='the optimiser step in fused (SGD) or multi-tensor (LARS) kernels, else one per parameter')
     g.add_argument('--compile', action='store_true', help='torch.compile the model (the first steps compile)')
     g.add_argument('--gpu_aug', action='store_true',
                    help='augment whole batches on the device (cifar10/100, stl10, digits: held in memory)')
@@ -52,36 +121,60 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
                    help='global batch size (all processes)')
     g.add_argument('--epochs', type=int, default=epochs)
     g.add_argument('--learning_rate', '--lr', type=float, default=learning_rate)
-    g.add_argument('--lr_decay_epochs', type=str, default=lr_decay_epochs, help='step schedule milestones, e.g. 700,800,900')
+    g.add_argument('--lr_decay_epochs', type=str, default=lr_decay_epochs,
+                   help='step schedule milestones, e.g. 700,800,900')
     g.add_argument('--lr_decay_rate', type=float, default=lr_decay_rate)
     g.add_argument('--weight_decay', '--wd', type=float, default=weight_decay)
-    g.add_argument('--momentum', type=float, default=0.9)
-    g.add_argument('--cosine', '--cos', action='store_true', help='cosine schedule down to lr * rate^3')
-    g.add_argument('--warm', action='store_true', help='linear warm-up from 0.01 over 10 epochs')
+    g.add_argument('--momentum', type=float, default=0.9, help='SGD (LARS) momentum')
+    g.add_argument('--cosine', '--cos', action='store_true', help='cosine schedule (see this script\'s lr_at)')
+    g.add_argument('--warm', action='store_true', help='linear warm-up from 0.01 over 10 epochs, per step')
 
-    add_data_options(parser)
+    add_data_options(parser, size=size)
 
     g = parser.add_argument_group('model')
-    g.add_argument('--model', '--arch', '-a', type=str, default=None, choices=MODEL_NAMES + VIDEO_MODEL_NAMES,
-                   help='default resnet50')
+    g.add_argument('--model', '--arch', '-a', type=str, default='resnet50', choices=MODEL_NAMES + VIDEO_MODEL_NAMES)
     g.add_argument('--stem', choices=['cifar', 'imagenet'], default=None,
-                   help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px)')
-    g.add_argument('--width', type=int, default=None, help='channels of the first ResNet stage (default 64)')
+                   help='cifar: 3x3 conv, no max-pool; imagenet: 7x7/2 conv + max-pool (default: cifar up to 64 px, '
+                        'else imagenet)')
+    g.add_argument('--width', type=int, default=64, help='channels of the first ResNet stage')
 
 
-def add_data_options(parser):
+def add_data_options(parser, size=32):
     """The data options, also used alone by the evaluation scripts that train nothing."""
     g = parser.add_argument_group('data')
     g.add_argument('--dataset', type=str, default='cifar10',
-                   choices=['cifar10', 'cifar100', 'stl10', 'path', 'imagenet', 'digits',
-                            'video', 'kinetics', 'ucf101', 'hmdb51'])
-    g.add_argument('--data_folder', '--data', type=str, default=None, help='dataset root (default ./datasets/)')
-    g.add_argument('--test_folder', type=str, default=None, help='evaluation split of --dataset path')
-    g.add_argument('--mean', type=str, default=None, help='per-channel mean, e.g. "(0.4914, 0.4822, 0.4465)"')
+                   choices=['cifar10', 'cifar100', 'stl10', 'path', 'imagenet', 'digits', *VIDEO_DATASETS])
+    g.add_argument('--data_folder', '--data', type=str, default='./datasets/', help='dataset root')
+    g.add_argument('--test_folder', type=str, default=None, help='evaluation split of --dataset path or video')
+    g.add_argument('--mean', type=str, default=None,
+                   help='per-channel mean, e.g. "(0.4914, 0.4822, 0.4465)" (default: the dataset\'s; ImageNet\'s for path)')
     g.add_argument('--std', type=str, default=None, help='per-channel std, with --mean')
-    g.add_argument('--size', type=int, default=None, help='crop size in pixels (default 32)')
+    g.add_argument('--size', type=int, default=size, help='crop size in pixels')
     g.add_argument('--download', action=argparse.BooleanOptionalAction, default=True,
                    help='download cifar10/cifar100/stl10 when missing')
+
+
+def add_video_options(parser, num_frames=8):
+    """The options of video data. Scripts that evaluate a checkpoint pass num_frames=None and take
+    its frames (frames_of_checkpoint)."""
+    g = parser.add_argument_group('video (--dataset video, kinetics, ucf101, hmdb51)')
+    g.add_argument('--num_frames', type=int, default=num_frames,
+                   help='frames per clip, spread uniformly over --clip_duration' +
+                        ('' if num_frames else ' (default: the frames the checkpoint was trained on, else 8)'))
+    g.add_argument('--clip_duration', type=float, default=2.56, help='seconds a clip covers')
+    g.add_argument('--test_clips', type=int, default=10, help='clips per video at test time, spread uniformly')
+    g.add_argument('--test_crops', type=int, default=3, help='spatial crops per test clip')
+    g.add_argument('--split_id', type=int, choices=[1, 2, 3], default=1, help='UCF101 / HMDB51 split')
+    g.add_argument('--split_dir', type=str, default=None,
+                   help='UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt) or HMDB51 (<class>_test_splitN.txt) '
+                        'split files (default: ucfTrainTestlist/ or testTrainMulti_7030_splits/ in or beside '
+                        '--data_folder, else --data_folder)')
+    g.add_argument('--train_list', type=str, default=None,
+                   help='kinetics: list of training videos (default --data_folder/train.csv or train.txt; '
+                        'without one, the class folders of --data_folder/train)')
+    g.add_argument('--val_list', type=str, default=None, help='kinetics: list of validation videos (likewise val)')
+    g.add_argument('--frame_rate', type=float, default=None,
+                   help='frames per second of frame folders (default 30; ucf101 25)')
 
 
 def add_launcher_options(parser):
@@ -89,13 +182,13 @@ def add_launcher_options(parser):
     g = parser.add_argument_group('launcher (MoCo / CLSA spellings)')
     g.add_argument('--multiprocessing_distributed', '--multiprocessing-distributed', action='store_true',
                    help='one process per visible GPU on this node: relaunches through torchrun')
-    g.add_argument('--dist_url', '--dist-url', type=str, default=None,
-                   help='rendezvous tcp://HOST:PORT of --multiprocessing-distributed (default tcp://localhost:10001)')
+    g.add_argument('--dist_url', '--dist-url', type=str, default='tcp://localhost:10001',
+                   help='rendezvous tcp://HOST:PORT of --multiprocessing-distributed')
     g.add_argument('--nodes', '--world_size', '--world-size', type=int, default=1,
                    help='number of nodes, with --multiprocessing-distributed')
     g.add_argument('--node_rank', '--rank', type=int, default=0, help='rank of this node')
     g.add_argument('--dist_backend', '--dist-backend', choices=['nccl', 'gloo'], default=None,
-                   help='default: nccl on GPUs, gloo on CPUs')
+                   help='process-group backend (default: nccl on GPUs, gloo on CPUs)')
     g.add_argument('--gpu', type=int, default=None, help='GPU of a single-process run')
     g.add_argument('--start_epoch', '--start-epoch', type=int, default=0,
                    help='epochs already done (0-based, as MoCo); a --resume checkpoint overrides it')
@@ -106,10 +199,12 @@ def add_launcher_options(parser):
 def add_knn_options(parser):
     g = parser.add_argument_group('kNN monitor')
     g.add_argument('--knn_freq', type=int, default=None,
-                   help='weighted kNN accuracy of the trunk every N epochs (default 10 when the dataset has an evaluation split, 0 = off)')
-    g.add_argument('--knn_k', type=int, default=200)
-    g.add_argument('--knn_t', type=float, default=0.1)
-    g.add_argument('--batch_size_val', type=int, default=None, help='batch size for feature extraction')
+                   help='weighted kNN accuracy of the trunk every N epochs, 0 = off (default: 10 when the '
+                        'dataset has an evaluation split, else 0)')
+    g.add_argument('--knn_k', type=int, default=200, help='neighbours of the kNN vote')
+    g.add_argument('--knn_t', type=float, default=0.1, help='temperature of the kNN vote')
+    g.add_argument('--batch_size_val', type=int, default=None,
+                   help='batch size of feature extraction (default: --batch_size)')
 
 
 def add_classifier_options(parser):
@@ -125,9 +220,14 @@ def add_classifier_options(parser):
     g.add_argument('--test', choices=['best', 'last'], default=None,
                    help="train nothing: test this run's best.pth or last.pth (the run the same options train) "
                         'on the evaluation split, videos on --test_clips x --test_crops views, softmax averaged')
+    g.add_argument('--num_classes', type=int, default=None, help='checked against the dataset')
+    g.add_argument('--batch_size_val', type=int, default=None,
+                   help='clips (images) per evaluation batch (default --batch_size); a video takes one per view')
 
 
-def check_classifier_options(args):
+# ----------------------------------------------------------------------------- checks and derived settings
+
+def check_classifier_options(args, given):
     if args.test and args.resume:
         raise UserError('--test trains nothing: drop --resume')
     if args.val_freq < 1:
@@ -135,9 +235,14 @@ def check_classifier_options(args):
     if args.warmup_epochs is not None:
         if args.warmup_epochs < 0:
             raise UserError(f'--warmup_epochs must be at least 0, got {args.warmup_epochs}')
-        if args.warm or args.lr_decay_epochs:
-            raise UserError('--warmup_epochs sets a per-step warm-up then cosine schedule: drop --warm and '
-                            '--lr_decay_epochs')
+        refuse(given, ('warm', 'lr_decay_epochs', 'cosine', 'lr_decay_rate'),
+               '--warmup_epochs sets a per-step warm-up then cosine to 0 schedule; drop it')
+
+
+def check_schedule(args, given):
+    """SupContrast-style step/cosine schedules: a milestone list means nothing under a cosine."""
+    if args.cosine:
+        refuse(given, ('lr_decay_epochs', 'schedule'), 'the cosine schedule has no milestones; drop it or --cosine')
 
 
 def parse_mean_std(args):
@@ -148,34 +253,108 @@ def parse_mean_std(args):
         args.mean, args.std = parse_floats(args.mean, '--mean'), parse_floats(args.std, '--std')
 
 
-def finish_options(args, force_warm):
-    """Derived settings shared by all scripts: defaults, milestones, normalisation, stem, warm-up."""
+def check_data_options(args, given):
+    """Data options that do not apply to --dataset."""
+    if args.dataset not in TORCHVISION_DATASETS:
+        refuse(given, ('download',), f'--dataset {args.dataset} is read from --data_folder, never downloaded')
+    if args.dataset not in ('path', 'video'):
+        refuse(given, ('test_folder',), f'--dataset {args.dataset} has its own evaluation split; use '
+                                        f'--dataset path (or video) for a folder pair')
+    if args.dataset not in VIDEO_DATASETS:
+        refuse(given, VIDEO_OPTIONS, f'a video option, and --dataset {args.dataset} holds images')
+    if args.dataset == 'digits':
+        refuse(given, ('data_folder',), 'digits ship with scikit-learn; drop --data_folder')
+
+
+def finish_options(args, given):
+    """Checks and derived settings shared by all training scripts: milestones, normalisation,
+    stem, the kNN monitor's defaults, the evaluation batch."""
     try:
         args.lr_decay_epochs = [int(e) for e in str(args.lr_decay_epochs).split(',') if e.strip()]
     except ValueError:
         raise UserError(f'--lr_decay_epochs must be comma-separated integers, got {args.lr_decay_epochs!r}')
     parse_mean_std(args)
-    for key, default in (('data_folder', './datasets/'), ('size', 32), ('model', 'resnet50'), ('width', 64)):
-        if getattr(args, key) is None:
-            setattr(args, key, default)
+    check_data_options(args, given)
     if args.stem is None:
         args.stem = default_stem(args.size)
-    for name in ('batch_size', 'epochs', 'size', 'width'):
+    for name in ('batch_size', 'epochs', 'size', 'width', 'print_freq', 'save_freq'):
         if getattr(args, name) < 1:
             raise UserError(f'--{name} must be positive, got {getattr(args, name)}')
-
-    if force_warm and args.batch_size > 256:
-        args.warm = True  # large-batch runs warm up, as SupContrast does
-    if args.warm:
-        args.warmup_from = 0.01
-        args.warm_epochs = 10
-        if args.cosine:
-            eta_min = args.learning_rate * args.lr_decay_rate ** 3
-            args.warmup_to = eta_min + (args.learning_rate - eta_min) * (
-                1 + math.cos(math.pi * args.warm_epochs / args.epochs)) / 2
-        else:
-            args.warmup_to = args.learning_rate
+    if getattr(args, 'output_dir', None) and 'save_root' in given:
+        raise UserError('--save_root: --output_dir names the run folder itself; drop one of them')
+    if 'knn_freq' in vars(args):
+        has_eval_split = args.dataset not in ('path', 'video') or args.test_folder is not None
+        if args.knn_freq is None:
+            args.knn_freq = 10 if has_eval_split else 0
+        if args.knn_freq > 0 and not has_eval_split:
+            raise UserError('--knn_freq needs an evaluation split: give --test_folder (or --knn_freq 0)')
+        if args.knn_freq <= 0:
+            refuse(given, ('knn_k', 'knn_t', 'batch_size_val'), 'the kNN monitor is off (--knn_freq 0)')
+    if args.batch_size_val is None:
+        args.batch_size_val = args.batch_size
+    if args.dataset in VIDEO_DATASETS:
+        check_video_options(args)
     return args
+
+
+def launched_processes():
+    """Processes of this run as torchrun or srun started it (1 for a plain python)."""
+    if 'WORLD_SIZE' in os.environ and 'RANK' in os.environ:
+        return int(os.environ['WORLD_SIZE'])
+    return int(os.environ.get('SLURM_STEP_NUM_TASKS', 1))
+
+
+def check_launcher(args, given):
+    """MoCo's and CLSA's launcher flags: several nodes need one process per GPU on each."""
+    started = launched_processes() > 1 or args.multiprocessing_distributed
+    if (args.nodes > 1 or args.node_rank > 0) and not started:
+        raise UserError(f'--world_size {args.nodes} --rank {args.node_rank}: several nodes need one process per GPU '
+                        f'on each (GPUs and --multiprocessing_distributed, or torchrun/srun)')
+    if not started:
+        refuse(given, ('dist_backend',), 'a single process starts no process group')
+
+
+def resolve_bn_splits(args, given, shuffled=True):
+    """--bn_splits: MoCo's single-process shuffle-BN emulation (BatchNorm over this many
+    sub-batches, keys shuffled between them). With several processes keys are shuffled across them
+    instead (1); `shuffled` False: the run shuffles no keys (SCE --no-shuffle_bn), so 1."""
+    processes = launched_processes()
+    if not shuffled or processes > 1:
+        refuse(given, ('bn_splits',), 'it emulates shuffle-BN on one process, and this run '
+               + ('has several (keys are shuffled across them)' if shuffled else 'shuffles no keys (--shuffle_bn)'))
+        args.bn_splits = 1
+    if args.bn_splits < 1:
+        raise UserError(f'--bn_splits must be at least 1, got {args.bn_splits}')
+    if args.batch_size % args.bn_splits:
+        raise UserError(f'--batch_size {args.batch_size} is not divisible by --bn_splits {args.bn_splits} '
+                        f'(shuffle-BN on one process); choose a multiple, or --bn_splits 1 to turn it off')
+
+
+def check_model_fits_data(args):
+    """A video trunk reads clips and a 2D one images: --model and --dataset must agree."""
+    video_model, video_data = args.model in VIDEO_MODEL_NAMES, args.dataset in VIDEO_DATASETS
+    if video_data and not video_model:
+        raise UserError(f'--dataset {args.dataset} holds videos but the trunk {args.model} reads images; '
+                        f'use a video trunk ({" or ".join(VIDEO_MODEL_NAMES)})')
+    if video_model and not video_data:
+        raise UserError(f'the trunk {args.model} reads videos but --dataset {args.dataset} holds images; '
+                        f'use a video --dataset ({", ".join(VIDEO_DATASETS)})')
+
+
+def check_video_options(args):
+    for name in ('num_frames', 'test_clips', 'test_crops'):
+        if getattr(args, name) < 1:
+            raise UserError(f'--{name} must be at least 1, got {getattr(args, name)}')
+    if args.clip_duration <= 0:
+        raise UserError(f'--clip_duration must be positive, got {args.clip_duration}')
+    if args.frame_rate is not None and args.frame_rate <= 0:
+        raise UserError(f'--frame_rate must be positive, got {args.frame_rate}')
+
+
+def frames_of_checkpoint(args, saved_args):
+    """--num_frames, else the frames the checkpoint (its saved options) was trained on, else 8."""
+    if args.num_frames is None:
+        args.num_frames = saved_args.get('num_frames') or 8
 
 
 def name_run(args, run_name, method_folder, name_width=True):

@@ -19,7 +19,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from video_augment import temporal_difference
-from networks.resnet3d import VIDEO_MODEL_NAMES
 from util import UserError, is_main
 
 VIDEO_DATASETS = ('video', 'kinetics', 'ucf101', 'hmdb51')
@@ -32,56 +31,6 @@ FRAME_RATE = {'video': 30, 'kinetics': 30, 'ucf101': 25, 'hmdb51': 30}
 # seek lands on the key frame before the clip, so seeking over less saves nothing.
 SEEK_GAP = 10.0
 EPS = 1e-6  # seconds: a frame stamped at a window's start belongs to it despite float rounding
-
-
-def add_video_options(parser, num_frames=8):
-    """The options of video data, for every script that reads videos. Scripts that evaluate a
-    checkpoint pass num_frames=None and take its frames (frames_of_checkpoint)."""
-    g = parser.add_argument_group('video')
-    g.add_argument('--num_frames', type=int, default=num_frames,
-                   help='frames per clip, spread uniformly over --clip_duration (default 8; when evaluating '
-                        'a checkpoint, the frames it was trained on)')
-    g.add_argument('--clip_duration', type=float, default=2.56, help='seconds a clip covers')
-    g.add_argument('--test_clips', type=int, default=10, help='clips per video at test time, spread uniformly')
-    g.add_argument('--test_crops', type=int, default=3, help='spatial crops per test clip')
-    g.add_argument('--split_id', type=int, choices=[1, 2, 3], default=1, help='UCF101 / HMDB51 split')
-    g.add_argument('--split_dir', type=str, default=None,
-                   help='UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt) or HMDB51 (<class>_test_splitN.txt) '
-                        'split files (default: ucfTrainTestlist/ or testTrainMulti_7030_splits/ in or beside '
-                        '--data_folder, else --data_folder)')
-    g.add_argument('--train_list', type=str, default=None,
-                   help='kinetics: list of training videos (default --data_folder/train.csv or train.txt; '
-                        'without one, the class folders of --data_folder/train)')
-    g.add_argument('--val_list', type=str, default=None, help='kinetics: list of validation videos (likewise val)')
-    g.add_argument('--frame_rate', type=float, default=None,
-                   help='frames per second of frame folders (default 30; ucf101 25)')
-
-
-def frames_of_checkpoint(args, saved_args):
-    """--num_frames, else the frames the checkpoint (its saved options) was trained on, else 8."""
-    if args.num_frames is None:
-        args.num_frames = saved_args.get('num_frames') or 8
-
-
-def check_video_options(args):
-    for name in ('num_frames', 'test_clips', 'test_crops'):
-        if getattr(args, name) < 1:
-            raise UserError(f'--{name} must be at least 1, got {getattr(args, name)}')
-    if args.clip_duration <= 0:
-        raise UserError(f'--clip_duration must be positive, got {args.clip_duration}')
-    if args.frame_rate is not None and args.frame_rate <= 0:
-        raise UserError(f'--frame_rate must be positive, got {args.frame_rate}')
-
-
-def check_model_fits_data(args):
-    """A video trunk reads clips and a 2D one images: --model and --dataset must agree."""
-    video_model, video_data = args.model in VIDEO_MODEL_NAMES, args.dataset in VIDEO_DATASETS
-    if video_data and not video_model:
-        raise UserError(f'--dataset {args.dataset} holds videos but the trunk {args.model} reads images; '
-                        f'use a video trunk ({" or ".join(VIDEO_MODEL_NAMES)})')
-    if video_model and not video_data:
-        raise UserError(f'the trunk {args.model} reads videos but --dataset {args.dataset} holds images; '
-                        f'use a video --dataset ({", ".join(VIDEO_DATASETS)})')
 
 
 # ----------------------------------------------------------------------------- clip sampling
@@ -456,7 +405,6 @@ def video_dataset(args, train, transform, clips=None, time_difference_p=0.0):
     for `transform` and `clips`): e.g. pretraining video_dataset(args, True, video_augment.clip_views(...),
     time_difference_p=0.2); testing video_dataset(args, False, video_augment.ClipEvalTransform(...,
     crops=args.test_crops), clips=args.test_clips)."""
-    check_video_options(args)
     samples, classes = video_samples(args, train)
     frame_rate = args.frame_rate or FRAME_RATE[args.dataset]
     return VideoClips(samples, classes, transform, args.num_frames, args.clip_duration, clips, frame_rate,

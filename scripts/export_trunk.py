@@ -25,6 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoints  # noqa: E402
 import util  # noqa: E402
 from networks.resnet_big import build_trunk  # noqa: E402
 
@@ -46,7 +47,7 @@ def trunk_of(ckpt, fmt):
     if a['width'] != 64 and (fmt == 'torchvision' or a['model'] in ('resnet18', 'resnet34')):
         raise util.UserError(f'the trunk has --width {a["width"]}; {fmt} {a["model"]} has 64 channels in its first '
                              f'stage: only --width 64 trunks can be exported to it')
-    return util.trunk_state_dict(ckpt), a
+    return checkpoints.trunk_state_dict(ckpt), a
 
 
 def classifier_of(ckpt):
@@ -102,7 +103,7 @@ def to_detectron2(ckpt):
 
 def main():
     args = parse_option()
-    ckpt = util.load_checkpoint(args.ckpt)
+    ckpt = checkpoints.load_checkpoint(args.ckpt)
     exported = to_torchvision(ckpt) if args.format == 'torchvision' else to_detectron2(ckpt)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = f'{args.out}.tmp{os.getpid()}'

@@ -1,0 +1,184 @@
+"""Checkpoints: written atomically, loaded with a clear error, resumed with a method's extra state
+(queue, momentum encoder) and RNG states, and the trunk of any checkpoint rebuilt from its options.
+
+Every script writes the same dict, loadable with torch.load(..., weights_only=True):
+{'method', 'args' (plain dict of the options), 'epoch', 'model' (state_dict; the trunk under
+'encoder.'), 'optimizer', 'scaler', 'rng' (one state per process), extra state by name}."""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from networks.resnet_big import build_trunk
+from util import UserError, is_main, unwrap, world_size
+
+
+def plain_args(args):
+    """The options as a plain dict of builtins, storable in a weights_only checkpoint."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v if v is None or isinstance(v, (bool, int, float, str)) else str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {'python': list(random.getstate()[1]), 'python_gauss': random.getstate()[2],
+            'numpy': np_state[1].tolist(), 'numpy_pos': int(np_state[2]),
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state):
+    random.setstate((3, tuple(state['python']), state['python_gauss']))
+    np.random.set_state(('MT19937', np.array(state['numpy'], dtype=np.uint32), state['numpy_pos']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+# ----------------------------------------------------------------------------- writing
+
+def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None, **extra):
+    """Write the checkpoint dict atomically (temporary file, then rename). Call on every rank:
+    each contributes its RNG state; rank 0 writes."""
+    rngs = [None] * world_size()
+    if world_size() > 1:
+        dist.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    if not is_main():
+        return
+    state = {'method': method, 'args': plain_args(args), 'epoch': epoch,
+             'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+             'scaler': scaler.state_dict() if scaler is not None else None, 'rng': rngs, **extra}
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: leave no half-written file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, best=False, **values):
+    """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq, and
+    best.pth when `best` (the best validation accuracy so far). `state`: the method's extra modules
+    by name (queue, momentum encoder), restored by restore(); `values`: plain numbers (best_acc)."""
+    extra = {name: module.state_dict() for name, module in (state or {}).items() if module is not None}
+    paths = [os.path.join(args.save_folder, 'last.pth')]
+    if epoch % args.save_freq == 0:
+        paths.append(os.path.join(args.save_folder, f'ckpt_epoch_{epoch}.pth'))
+    if best:
+        paths.append(os.path.join(args.save_folder, 'best.pth'))
+    for path in paths:
+        save_checkpoint(path, method=method, args=args, epoch=epoch, model=model, optimizer=optimizer,
+                        scaler=scaler, **extra, **values)
+    args.last_good = paths[0]
+
+
+# ----------------------------------------------------------------------------- reading
+
+def load_checkpoint(path, what='--ckpt'):
+    """Load one of our checkpoints on the CPU, or raise a UserError saying what is wrong."""
+    if not os.path.isfile(path):
+        raise UserError(f'{what} {path} does not exist')
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # any unreadable file is the user's to fix
+        raise UserError(f'{what} {path} is not a checkpoint of this project ({type(e).__name__})')
+    if not isinstance(ckpt, dict) or not {'method', 'args', 'model'} <= ckpt.keys():
+        raise UserError(f'{what} {path} is not a checkpoint of this project (no method/args/model entries)')
+    return ckpt
+
+
+def load_state(module, state_dict, what):
+    """load_state_dict that turns a shape or key mismatch into a UserError."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise UserError(f'{what} does not fit the model: {detail}')
+
+
+def resume_checkpoint(args):
+    """The checkpoint --resume names (the run folder's last.pth without a path), or None."""
+    if args.resume is None:
+        return None
+    path = os.path.join(args.save_folder, 'last.pth') if args.resume == 'auto' else args.resume
+    if args.resume == 'auto' and not os.path.isfile(path):
+        if is_main():
+            print(f'note: nothing to resume in {args.save_folder}, starting from scratch')
+        return None
+    ckpt = load_checkpoint(path, '--resume')
+    ckpt['path'] = path
+    return ckpt
+
+
+# Old checkpoints named the momentum encoder's state 'momentum'.
+OLD_NAMES = {'momentum_encoder': 'momentum'}
+
+
+def restore(ckpt, args, model, optimizer, scaler, method, state=None):
+    """Load model, optimiser, scaler, the method's extra modules (`state`, by name, as given to
+    save_epoch; None entries are absent from this run) and RNG states; returns the first epoch to
+    run (without a checkpoint: 1, or after MoCo's --start_epoch). A checkpoint resumes only the
+    method that wrote it, with the same extra state."""
+    if ckpt is None:
+        return getattr(args, 'start_epoch', 0) + 1
+    what = f'--resume {ckpt["path"]}'
+    if ckpt['method'] != method:
+        raise UserError(f'{what} was written by a {ckpt["method"]} run; this is a {method} run: resume '
+                        f'a checkpoint of the same method, or drop --resume')
+    for name, module in (state or {}).items():
+        saved = ckpt.get(name, ckpt.get(OLD_NAMES.get(name)))
+        if (saved is None) != (module is None):
+            have = 'has no' if saved is None else 'has a'
+            raise UserError(f'{what} {have} {name}: resume a checkpoint trained with the same options')
+        if module is not None:
+            load_state(module, saved, f'{what} ({name})')
+    load_state(unwrap(model), ckpt['model'], what)
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if scaler is not None and ckpt.get('scaler'):
+        scaler.load_state_dict(ckpt['scaler'])
+    rngs = ckpt.get('rng') or []
+    if len(rngs) == world_size():
+        set_rng_state(rngs[args.rank])
+    if is_main():
+        print(f'resumed from {ckpt["path"]} (epoch {ckpt["epoch"]})')
+    return ckpt['epoch'] + 1
+
+
+# ----------------------------------------------------------------------------- trunks
+
+def take_trunk_options(args, ckpt, what, given):
+    """Adopt the trunk options (model, stem, width) a checkpoint was trained with; one the user
+    gave (`given`: the options on the command line) that contradicts them is an error."""
+    for key in ('model', 'stem', 'width'):
+        saved = ckpt['args'].get(key)
+        if key in given and getattr(args, key) != saved:
+            raise UserError(f'--{key} {getattr(args, key)} contradicts {what}, trained with {key} {saved}; '
+                            f'drop --{key}')
+        setattr(args, key, saved)
+
+
+def trunk_state_dict(ckpt):
+    """The trunk's weights of one of our checkpoints (keys under 'encoder.', prefix removed)."""
+    state = {k[len('encoder.'):]: v for k, v in ckpt['model'].items() if k.startswith('encoder.')}
+    if not state:
+        raise UserError('the checkpoint holds no trunk (no "encoder." weights)')
+    return state
+
+
+def pretrained_trunk(ckpt, what):
+    """Rebuild the trunk of any checkpoint this project writes from its own options."""
+    a = ckpt['args']
+    trunk = build_trunk(a['model'], stem=a['stem'], width=a['width'])
+    load_state(trunk, trunk_state_dict(ckpt), what)
+    return trunk
