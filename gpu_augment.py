@@ -33,12 +33,13 @@ class BatchView:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def __call__(self, images, g):
-        """uint8 images [B, C, H, W] on any device -> normalised float views [B, C, size, size]."""
+    def __call__(self, images, g, box=None):
+        """uint8 images [B, C, H, W] on any device -> normalised float views [B, C, size, size].
+        `box` (top, left, h, w), drawn by the caller, serves padded batches of varied sizes (gpu_views)."""
         n, _, h, w = images.shape
         # Every random parameter first, for the whole batch: an image's draws do not depend on
         # which other images an operation ends up applied to.
-        top, left, ch, cw = crop_boxes(n, h, w, self.scale, self.ratio, g)
+        top, left, ch, cw = crop_boxes(n, h, w, self.scale, self.ratio, g) if box is None else box
         flip = chance(n, self.flip_p, g)
         jittered, gray, blurred, solarized = (chance(n, p, g) for p in
                                               (self.jitter_p, self.gray_p, self.blur_p, self.solarize_p))
