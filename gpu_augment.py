@@ -47,10 +47,7 @@ class BatchView:
             factors, order = jitter_params(n, self.jitter, self.random_order, g)
         sigma = uniform(n, self.blur_sigma, g)
 
-        rows = resize_weights(top, ch, h, self.size)
-        cols = resize_weights(left, cw, w, self.size)
-        cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)  # mirrored columns = flipped view
-        x = (rows.unsqueeze(1) @ (images.float() / 255) @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0, 1)
+        x = resized_crop(images, top, left, ch, cw, self.size, flip)
         if self.jitter is not None and self.jitter_p > 0:
             x = apply_where(jittered, x, lambda x, i: color_jitter(x, factors[i], order[i], self.jitter))
         if self.gray_p > 0:
@@ -130,15 +127,34 @@ def resize_weights(start, length, in_size, out_size):
     return weights / weights.sum(2, keepdim=True)
 
 
+def resized_crop(images, top, left, ch, cw, size, flip):
+    """uint8 [n, C, H, W] -> float [n, C, size, size] in [0, 1]: each image's box resized as PIL's
+    bilinear filter does, mirrored where flip. Small images (CIFAR) and accelerators: two batched
+    matrix products (resize_weights). Large images on a CPU: torch's uint8 antialiased resize per
+    box (SIMD, PIL's filter and rounding), which reads only the box: 10x fewer operations."""
+    n, _, h, w = images.shape
+    if max(h, w) > 64 and images.device.type == 'cpu':
+        out = torch.empty(n, images.shape[1], size, size)
+        for i, (t, l, bh, bw, f) in enumerate(zip(*(v.long().tolist() for v in (top, left, ch, cw, flip)))):
+            box = images[i:i + 1, :, t:t + bh, l:l + bw]
+            x = torch.nn.functional.interpolate(box, (size, size), mode='bilinear', antialias=True, align_corners=False)
+            out[i] = (x[0].flip(-1) if f else x[0]).float() / 255
+        return out
+    rows = resize_weights(top, ch, h, size)
+    cols = resize_weights(left, cw, w, size)
+    cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)  # mirrored columns = flipped view
+    return (rows.unsqueeze(1) @ (images.float() / 255) @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0, 1)
+
+
 def apply_where(mask, x, op):
     """x with op(images, their indices) applied where mask is True. On CPU op runs on the chosen
-    images only; on an accelerator on all of them, then selected: finding the chosen ones
-    (nonzero) would make the host wait for the device in the middle of every step."""
+    images only, written into x in place (x is always an intermediate of a view: copying it at
+    each of a jitter's 16 steps cost more than the jitter); on an accelerator on all of them, then
+    selected: finding the chosen ones (nonzero) would make the host wait for the device."""
     if x.device.type == 'cpu':
         idx = mask.nonzero()[:, 0]
         if idx.numel() == 0:
             return x
-        x = x.clone()
         x[idx] = op(x[idx], idx)
         return x
     return torch.where(mask.view(-1, 1, 1, 1), op(x, slice(None)), x)
@@ -166,6 +182,7 @@ def color_jitter(x, factors, order, strengths):
     """Brightness, contrast, saturation and hue adjusted in each image's order (see jitter_params);
     an operation of strength 0 is skipped, as torchvision does."""
     ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+    x = x.clone()  # apply_where writes in place on CPU; the caller's x stays as it was
     for position in range(4):
         for k, op in enumerate(ops):
             if strengths[k]:

@@ -94,10 +94,7 @@ class ClipBatchView:
         # frames into the batch, each carrying its clip's draws
         per_frame = lambda v: v.repeat_interleave(t, 0)
         frames = clips.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        rows = per_frame(ga.resize_weights(top, ch, h, self.size))
-        cols = ga.resize_weights(left, cw, w, self.size)
-        cols = per_frame(torch.where(flip.view(-1, 1, 1), cols.flip(1), cols))
-        x = (rows.unsqueeze(1) @ (frames.float() / 255) @ cols.transpose(1, 2).unsqueeze(1)).clamp_(0, 1)
+        x = ga.resized_crop(frames, *(per_frame(v) for v in (top, left, ch, cw)), self.size, per_frame(flip))
         f, o = per_frame(factors), per_frame(order)
         x = ga.apply_where(per_frame(jittered), x, lambda x, i: ga.color_jitter(x, f[i], o[i], self.jitter))
         x = ga.apply_where(per_frame(gray), x, lambda x, i: ga.grayscale(x).expand_as(x))
@@ -114,22 +111,17 @@ def clip_device_views(size, mean, std):
 
 
 def reflect_blur(x, sigma, kernel):
-    """torchvision's gaussian_blur (kernel taps, reflected borders) of [n, C, H, W] with sigma[i] per image,
-    as two batched matrix products."""
-    n, _, h, w = x.shape
+    """torchvision's gaussian_blur (kernel taps, reflected borders) of [n, C, H, W] with sigma[i] per
+    image: a separable blur as two grouped 1-D convolutions, kernel taps per pixel."""
+    n, c, h, w = x.shape
     half = kernel // 2
     taps = torch.linspace(-half, half, kernel, device=x.device).view(1, -1)
     weights = torch.exp(-0.5 * (taps / sigma.view(-1, 1).to(x.device)) ** 2)
-    weights = (weights / weights.sum(1, keepdim=True)).to(x.dtype)
-
-    def matrix(size):  # m[i, src] such that (m @ rows) blurs along that axis
-        src = (torch.arange(size, device=x.device).view(-1, 1) + torch.arange(-half, half + 1, device=x.device)).abs()
-        src = torch.where(src > size - 1, 2 * (size - 1) - src, src)
-        m = torch.zeros(n, size, size, device=x.device, dtype=x.dtype)
-        m.scatter_add_(2, src.expand(n, -1, -1), weights.view(n, 1, -1).expand(-1, size, -1))
-        return m
-
-    return matrix(h).unsqueeze(1) @ x @ matrix(w).transpose(1, 2).unsqueeze(1)
+    weights = (weights / weights.sum(1, keepdim=True)).to(x.dtype).repeat_interleave(c, 0).view(n * c, 1, kernel)
+    rows = torch.nn.functional.pad(x.reshape(1, n * c, h, w), (half, half, 0, 0), mode='reflect')
+    x = torch.nn.functional.conv2d(rows, weights.view(n * c, 1, 1, kernel), groups=n * c)
+    cols = torch.nn.functional.pad(x, (0, 0, half, half), mode='reflect')
+    return torch.nn.functional.conv2d(cols, weights.view(n * c, 1, kernel, 1), groups=n * c).view(n, c, h, w)
 
 
 def temporal_difference(clips, partners):

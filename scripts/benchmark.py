@@ -3,6 +3,7 @@
     python scripts/benchmark.py                                        # every method, ResNet-18, 32 px, batch 128
     python scripts/benchmark.py --methods supcon --compare --repeats 3 # plain vs ours, alternating in one process
     python scripts/benchmark.py --data_only                            # images/s of one data worker, per pipeline
+    python scripts/benchmark.py --views                                # device views of SCE, folders, clips vs CPU
     python scripts/benchmark.py --methods supcon --model resnet50 --size 224 --batch_size 256 --compare
 
 Every figure comes from the real script: main_*.py runs in this process with --max_steps, so its
@@ -88,6 +89,8 @@ def parse_option():
     p.add_argument('--workers', type=int, default=2, help='data-loading processes of PIL pipelines')
     p.add_argument('--compare', action='store_true', help='time plain and ours, print ours / plain')
     p.add_argument('--data_only', action='store_true', help='time the input pipelines alone (one worker)')
+    p.add_argument('--views', action='store_true', help='time the device views of SCE, image folders and '
+                   'clips against their CPU pipelines (scripts/benchmark_views.py)')
     p.add_argument('--batches', type=int, default=10, help='--data_only: batches timed per pipeline')
     p.add_argument('--images', type=int, default=50000, help='CIFAR-10 training images used')
     p.add_argument('--plain', default='', help='extra options of the plain configuration')
@@ -277,6 +280,12 @@ def main():
     print(f'device: {device_name()}; torch {torch.__version__}')
     print(f'data: {"CIFAR-10 (real images, " + os.path.normpath(SHARED) + ")" if real else "random images (no ../shared/data/cifar10_jpeg.npz)"}')
     tmp = tempfile.mkdtemp(prefix='benchmark_')
+    if o.views:
+        import benchmark_views  # noqa: E402  (scripts/, beside this file)
+        for _ in range(o.repeats):
+            benchmark_views.report(load_cifar10('train', 1000)[0], o.batch_size,
+                                   torch.device('cuda' if torch.cuda.is_available() else 'cpu'))
+        return
     if o.data_only:
         print(f'\n{"method":15} {"pipeline":28} {"views":>5} {"images/s":>9}   (one worker: --num_workers 0, 1 torch thread; clips/s for video)')
         for method in o.methods:

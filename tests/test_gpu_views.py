@@ -197,3 +197,14 @@ def test_clip_loader_pads_videos_of_varied_sizes():
     (views, labels), = list(gl.DeviceBatches(loader, gv.clip_device_views(16, MEAN, STD), 'cpu', clips=True))
     assert [v.shape for v in views] == [(3, 3, 2, 16, 16)] * 2 and labels.tolist() == [0, 1, 0]
     assert gl.raw_clip(torch.zeros(2, 3, 5, 6, dtype=torch.uint8)).shape == (3, 2, 5, 6)
+
+
+def test_large_images_on_cpu_are_resized_as_the_dense_weights_do():
+    images = torch.from_numpy(np.stack([colour_image(96, seed=s)[:80] for s in range(6)])).permute(0, 3, 1, 2).contiguous()
+    top, left, h, w = ga.crop_boxes(6, 80, 96, (0.1, 1.0), (3 / 4, 4 / 3), gen())
+    flip = torch.tensor([True, False] * 3)
+    fast = ga.resized_crop(images, top, left, h, w, 48, flip)  # torch's uint8 resize per box
+    rows, cols = ga.resize_weights(top, h, 80, 48), ga.resize_weights(left, w, 96, 48)
+    cols = torch.where(flip.view(-1, 1, 1), cols.flip(1), cols)
+    dense = rows.unsqueeze(1) @ (images.float() / 255) @ cols.transpose(1, 2).unsqueeze(1)
+    assert (fast - dense).abs().max() <= 1.01 / 255  # uint8 rounding
