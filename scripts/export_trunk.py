@@ -3,6 +3,7 @@
 
     python scripts/export_trunk.py --ckpt CKPT --format torchvision --out resnet50.pth
     python scripts/export_trunk.py --ckpt CKPT --format detectron2 --out resnet50.pkl
+    python scripts/export_trunk.py --ckpt CKPT --format pytorchvideo --out r3d50.pth
 
 torchvision: a state_dict that torchvision.models.resnet18/34/50/101(num_classes=N) loads with
 strict=True. The classifier `fc` is the checkpoint's own linear layer when it has one (main_linear,
@@ -13,6 +14,11 @@ and SCE detection transfers load with MODEL.WEIGHTS: {'model': {name: numpy arra
 'matching_heuristics': True}, with detectron2's names (stem.conv1, res2..res5, conv1..conv3 and
 their '.norm', shortcut).
 
+pytorchvideo: an R3D-18/50 trunk's state_dict under PyTorchVideo's names (blocks.0 stem, blocks.1-4
+res_blocks with branch1_conv/norm and branch2.conv_a..c/norm_a..c), as SlowFast/PyTorchVideo and
+eztorch load it; the inverse of checkpoint_layouts' mapping, so it loads back identically.
+
+Any checkpoint --ckpt takes may be one of the published layouts (checkpoint_layouts.py).
 Only ImageNet-stem trunks (7x7/2 conv + max-pool) have these architectures: a CIFAR-stem trunk
 (3x3 conv, no max-pool) is refused. torchvision also needs --width 64; detectron2 represents other
 widths of ResNet-50/101 with the config keys printed.
@@ -25,22 +31,34 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import checkpoint_layouts  # noqa: E402
 import checkpoints  # noqa: E402
 import util  # noqa: E402
 from networks.resnet_big import build_trunk  # noqa: E402
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='export the trunk of a checkpoint to torchvision or detectron2')
-    parser.add_argument('--ckpt', required=True, help='checkpoint of this project')
-    parser.add_argument('--format', required=True, choices=['torchvision', 'detectron2'])
-    parser.add_argument('--out', required=True, help='file to write (.pth for torchvision, .pkl for detectron2)')
+    parser = argparse.ArgumentParser(description='export the trunk of a checkpoint to torchvision, detectron2 '
+                                                 'or PyTorchVideo')
+    parser.add_argument('--ckpt', required=True, help='checkpoint of this project or a published one')
+    parser.add_argument('--format', required=True, choices=['torchvision', 'detectron2', 'pytorchvideo'])
+    parser.add_argument('--out', required=True, help='file to write (.pth for torchvision and pytorchvideo, '
+                                                     '.pkl for detectron2)')
     return parser.parse_args()
 
 
 def trunk_of(ckpt, fmt):
     """The trunk's state_dict and its options, refusing what the format cannot represent."""
     a = ckpt['args']
+    video = a['model'].startswith('r3d')
+    if fmt == 'pytorchvideo':
+        if not video:
+            raise util.UserError(f'the trunk is a 2-D {a["model"]}; pytorchvideo takes the video trunks r3d18/r3d50 '
+                                 f'only: use --format torchvision or detectron2')
+        return checkpoints.trunk_state_dict(ckpt), a
+    if video:
+        raise util.UserError(f'the trunk is the video {a["model"]}; {fmt} takes 2-D ResNets only: '
+                             f'use --format pytorchvideo')
     if a['stem'] != 'imagenet':
         raise util.UserError(f'the trunk has the {a["stem"]} stem (3x3 conv, no max-pool); {fmt} ResNets have '
                              f'the ImageNet stem (7x7/2 conv + max-pool): only --stem imagenet trunks can be exported')
@@ -101,20 +119,26 @@ def to_detectron2(ckpt):
             'matching_heuristics': True}
 
 
+def to_pytorchvideo(ckpt):
+    state, _ = trunk_of(ckpt, 'pytorchvideo')
+    return {checkpoint_layouts.to_pytorchvideo(k): v for k, v in state.items()}
+
+
 def main():
     args = parse_option()
-    ckpt = checkpoints.load_checkpoint(args.ckpt)
-    exported = to_torchvision(ckpt) if args.format == 'torchvision' else to_detectron2(ckpt)
+    ckpt = checkpoint_layouts.load(args.ckpt)
+    exported = {'torchvision': to_torchvision, 'detectron2': to_detectron2,
+                'pytorchvideo': to_pytorchvideo}[args.format](ckpt)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = f'{args.out}.tmp{os.getpid()}'
     try:
         with open(tmp, 'wb') as f:
-            (torch.save if args.format == 'torchvision' else pickle.dump)(exported, f)
+            (pickle.dump if args.format == 'detectron2' else torch.save)(exported, f)
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    n = len(exported) if args.format == 'torchvision' else len(exported['model'])
+    n = len(exported['model']) if args.format == 'detectron2' else len(exported)
     print(f'{args.format}: {n} tensors of the {ckpt["args"]["model"]} trunk written to {args.out}')
 
 
