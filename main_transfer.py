@@ -1,0 +1,264 @@
+"""Transfer by logistic regression on frozen features (SCE's transfer table, the ssl-transfer protocol).
+
+    python main_transfer.py --ckpt CKPT --data_root DATA --datasets food101 cifar10 cifar100 sun397 cars \
+        aircraft voc2007 dtd pets caltech101 flowers
+    python main_transfer.py --ckpt CKPT --datasets folder --data_folder DIR   # DIR/train, DIR/val (optional), DIR/test
+
+Each dataset's images go through bicubic Resize --size, CenterCrop --size, ImageNet normalisation
+and the frozen trunk (global average pool). A multinomial L-BFGS logistic regression (scikit-learn)
+is fitted on train for each of 45 values of 1/C in logspace(-6, 5); the value best on the
+validation split (the dataset's own for aircraft, dtd, flowers, voc2007 and a folder with val/,
+else a seeded 20 % of train) is refitted on train + val and scored on test: top-1, mean per-class
+accuracy (aircraft, caltech101, flowers, pets) or 11-point mAP (voc2007, one binary regression per
+class). Features are cached per checkpoint file and dataset in --features_dir.
+"""
+import argparse
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+import torchvision.transforms as T
+
+import checkpoint_layouts
+import checkpoints
+import datasets
+import distributed
+import util
+from evaluation import extract_features
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+MEAN_PER_CLASS = {'aircraft', 'caltech101', 'flowers', 'pets'}
+# The SCE README's transfer row (ResNet-50, multi-crop checkpoint), and its columns' order.
+COLUMNS = ['food101', 'cifar10', 'cifar100', 'sun397', 'cars', 'aircraft', 'voc2007', 'dtd', 'pets', 'caltech101',
+           'flowers']
+TITLES = dict(zip(COLUMNS, ['Food101', 'CIFAR10', 'CIFAR100', 'SUN397', 'Cars', 'Aircraft', 'VOC2007', 'DTD', 'Pets',
+                            'Caltech101', 'Flowers']))
+SCE_PUBLISHED = dict(zip(COLUMNS, [77.7, 94.8, 80.4, 65.3, 65.7, 59.6, 84.0, 77.1, 90.9, 92.7, 96.1]))
+VOC_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
+               'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
+
+
+def parse_option():
+    parser = argparse.ArgumentParser(description='logistic-regression transfer of a frozen trunk')
+    parser.add_argument('--ckpt', required=True, help='checkpoint of this project or a published one')
+    parser.add_argument('--datasets', nargs='+', required=True, choices=COLUMNS + ['folder'])
+    parser.add_argument('--data_root', default='./datasets', help='folder holding the torchvision datasets')
+    parser.add_argument('--data_folder', default=None, help='--datasets folder: DIR with train/ (val/) test/')
+    parser.add_argument('--size', type=int, default=224)
+    parser.add_argument('--batch_size', type=int, default=256)
+    parser.add_argument('--num_workers', type=int, default=8)
+    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the 20 %% validation split')
+    parser.add_argument('--features_dir', default=None, help='default: transfer_<ckpt name>/ next to the checkpoint')
+    args = parser.parse_args()
+    if min(args.size, args.batch_size) <= 0 or args.num_workers < 0:
+        raise util.UserError('--size and --batch_size must be positive, --num_workers not negative')
+    if 'folder' in args.datasets and not args.data_folder:
+        raise util.UserError('--datasets folder needs --data_folder DIR holding train/ and test/')
+    args.pretrained = checkpoint_layouts.load(args.ckpt)
+    if args.features_dir is None:
+        name = os.path.splitext(os.path.basename(args.ckpt))[0]
+        args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f'transfer_{name}')
+    args.syncBN, args.batch_size_val = False, args.batch_size
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+
+class VOC2007(torch.utils.data.Dataset):
+    """VOCdevkit/VOC2007 image-level labels: 1 where the class has a non-difficult object, else 0
+    (an image whose objects of a class are all difficult counts as a negative for it)."""
+
+    def __init__(self, root, split, transform):
+        if os.path.isdir(os.path.join(root, 'VOCdevkit', 'VOC2007')):
+            root = os.path.join(root, 'VOCdevkit', 'VOC2007')
+        ids_file = os.path.join(root, 'ImageSets', 'Main', f'{split}.txt')
+        if not os.path.isfile(ids_file):
+            raise util.UserError(f'{ids_file} is missing: the VOC 2007 folder must hold ImageSets/Main/{split}.txt, '
+                                 f'Annotations/ and JPEGImages/ (VOCdevkit/VOC2007)')
+        self.root, self.transform = root, transform
+        self.ids = open(ids_file).read().split()
+        self.targets = torch.stack([self._labels(i) for i in self.ids])
+
+    def _labels(self, image_id):
+        y = torch.zeros(len(VOC_CLASSES), dtype=torch.long)
+        for obj in ET.parse(os.path.join(self.root, 'Annotations', f'{image_id}.xml')).findall('object'):
+            if obj.findtext('difficult', '0').strip() != '1':
+                y[VOC_CLASSES.index(obj.findtext('name').strip())] = 1
+        return y
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img = datasets.load_image(os.path.join(self.root, 'JPEGImages', f'{self.ids[i]}.jpg'))
+        return self.transform(img), self.targets[i]
+
+
+def rgb(transform):
+    return T.Compose([T.Lambda(lambda img: img.convert('RGB')), transform])
+
+
+def splits(name, args, transform):
+    """{'train', 'val' (None: carve 20 % of train), 'test'} datasets of one name."""
+    root = args.data_root
+    tv = lambda cls, **kw: cls(root, transform=rgb(transform), download=False, **kw)
+    try:
+        if name == 'folder':
+            f = lambda s: os.path.join(args.data_folder, s)
+            if not all(os.path.isdir(f(s)) for s in ('train', 'test')):
+                raise util.UserError(f'--data_folder {args.data_folder} must hold train/ and test/ (and optionally val/) '
+                                     f'class folders')
+            return {s: tvd.ImageFolder(f(s), rgb(transform)) if os.path.isdir(f(s)) else None
+                    for s in ('train', 'val', 'test')}
+        if name == 'voc2007':
+            return {s: VOC2007(root, s, transform) for s in ('train', 'val', 'test')}
+        if name in ('cifar10', 'cifar100'):
+            cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
+            return {'train': tv(cls, train=True), 'val': None, 'test': tv(cls, train=False)}
+        if name in ('aircraft', 'dtd', 'flowers'):
+            cls = {'aircraft': tvd.FGVCAircraft, 'dtd': tvd.DTD, 'flowers': tvd.Flowers102}[name]
+            return {s: tv(cls, split=s) for s in ('train', 'val', 'test')}
+        if name in ('food101', 'cars', 'pets'):
+            cls = {'food101': tvd.Food101, 'cars': tvd.StanfordCars, 'pets': tvd.OxfordIIITPet}[name]
+            train = 'trainval' if name == 'pets' else 'train'
+            return {'train': tv(cls, split=train), 'val': None, 'test': tv(cls, split='test')}
+        # SUN397 and Caltech-101 come without splits: a seeded one (Caltech: 30 per class for training)
+        full = tv(tvd.SUN397) if name == 'sun397' else tv(tvd.Caltech101)
+        labels = np.array(full._labels if name == 'sun397' else full.y)
+        rng = np.random.RandomState(args.seed)
+        train_idx = []
+        for c in np.unique(labels):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            train_idx += list(idx[:30] if name == 'caltech101' else idx[:len(idx) // 2])
+        test_idx = sorted(set(range(len(labels))) - set(train_idx))
+        sub = lambda idx: Labelled(torch.utils.data.Subset(full, sorted(idx)), labels[sorted(idx)])
+        return {'train': sub(train_idx), 'val': None, 'test': sub(test_idx)}
+    except (RuntimeError, FileNotFoundError) as e:
+        raise util.UserError(f'dataset {name} not found under --data_root {root} ({str(e).splitlines()[0]}); '
+                             f'download it there first (no download is attempted)')
+
+
+class Labelled(torch.utils.data.Dataset):
+    def __init__(self, subset, labels):
+        self.subset, self.targets = subset, list(labels)
+
+    def __len__(self):
+        return len(self.subset)
+
+    def __getitem__(self, i):
+        return self.subset[i]
+
+
+def features_of(name, trunk, args):
+    """{split: (features [N, D], labels)} as numpy; cached per checkpoint file, dataset and size."""
+    stat = os.stat(args.ckpt)
+    key = {'ckpt': os.path.abspath(args.ckpt), 'bytes': stat.st_size, 'mtime_ns': stat.st_mtime_ns, 'size': args.size,
+           'seed': args.seed, 'folder': os.path.abspath(args.data_folder) if name == 'folder' else args.data_root}
+    path = os.path.join(args.features_dir, f'{name}_{args.size}.pth')
+    if os.path.isfile(path):
+        try:
+            cached = torch.load(path, weights_only=False)
+            if cached['key'] == key:
+                print(f'{name}: features read from {path}')
+                return cached['features']
+        except Exception:
+            print(f'note: the feature cache {path} is unreadable: extracting again')
+    transform = T.Compose([T.Resize(args.size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(args.size),
+                           T.ToTensor(), T.Normalize(*IMAGENET)])
+    out = {}
+    for split, ds in splits(name, args, transform).items():
+        if ds is None:
+            out[split] = None
+            continue
+        if len(ds) == 0:
+            raise util.UserError(f'{name}: the {split} split is empty')
+        f, y = extract_features(trunk, datasets.eval_loader(ds, args), args, normalize=False)
+        out[split] = (f.cpu().numpy(), y.cpu().numpy())
+    os.makedirs(args.features_dir, exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    torch.save({'key': key, 'features': out}, tmp)
+    os.replace(tmp, path)
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics, regression
+
+def voc11_ap(scores, labels):
+    """PASCAL VOC 2007's 11-point AP: mean over recall r in 0, 0.1, ..., 1 of the best precision at
+    recall >= r (0 where none). scikit-learn computes only the all-point AP."""
+    from sklearn.metrics import precision_recall_curve
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(np.mean([precision[recall >= r].max() if (recall >= r).any() else 0.0
+                          for r in np.linspace(0, 1, 11)]))
+
+
+def score(name, model, x, y):
+    from sklearn.metrics import balanced_accuracy_score
+    if name == 'voc2007':
+        s = np.stack([m.decision_function(x) for m in model], 1)
+        return 100 * float(np.mean([voc11_ap(s[:, c], y[:, c]) for c in range(y.shape[1])]))
+    pred = model.predict(x)
+    if name in MEAN_PER_CLASS:
+        return 100 * float(balanced_accuracy_score(y, pred))  # the mean over classes of per-class recall
+    return 100 * float((pred == y).mean())
+
+
+def fit(name, x, y, inverse_c):
+    from sklearn.linear_model import LogisticRegression
+    make = lambda: LogisticRegression(C=1 / inverse_c, solver='lbfgs', max_iter=1000)
+    if name == 'voc2007':  # multi-label: one binary regression per class
+        return [make().fit(x, y[:, c]) for c in range(y.shape[1])]
+    return make().fit(x, y)
+
+
+def transfer(name, feats, args):
+    """(test metric, chosen 1/C, which split validated)."""
+    from sklearn.preprocessing import StandardScaler
+    train, val, test = feats['train'], feats['val'], feats['test']
+    source = 'own val split'
+    if val is None:  # a seeded 20 % of train validates
+        n = len(train[1])
+        perm = np.random.RandomState(args.seed).permutation(n)
+        cut = max(1, n // 5)
+        val, train = (train[0][perm[:cut]], train[1][perm[:cut]]), (train[0][perm[cut:]], train[1][perm[cut:]])
+        source = f'seeded 20 % of train ({cut})'
+    scaler = StandardScaler().fit(train[0])
+    best = max(((score(name, fit(name, scaler.transform(train[0]), train[1], c), scaler.transform(val[0]), val[1]), -c)
+                for c in np.logspace(-6, 5, 45)))
+    inverse_c = -best[1]
+    x = np.concatenate([train[0], val[0]])
+    y = np.concatenate([train[1], val[1]])
+    scaler = StandardScaler().fit(x)
+    return score(name, fit(name, scaler.transform(x), y, inverse_c), scaler.transform(test[0]), test[1]), inverse_c, source
+
+
+def main():
+    import warnings
+    warnings.filterwarnings('ignore', module='sklearn')  # lbfgs convergence at the weakest 1/C values
+    args = parse_option()
+    distributed.init_distributed(args)
+    trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
+    results = {}
+    for name in args.datasets:
+        results[name] = transfer(name, features_of(name, trunk, args), args)
+        m, c, source = results[name]
+        print(f'{name}: {m:.1f} (1/C {c:.3g}, validated on {source})', flush=True)
+    run = args.pretrained['args'].get('run_name') or os.path.basename(args.ckpt)
+    names = [n for n in COLUMNS if n in results] + [n for n in results if n not in COLUMNS]
+    title = lambda n: TITLES.get(n, n)
+    print('\n| Method | ' + ' | '.join(title(n) for n in names) + ' |')
+    print('|---' * (len(names) + 1) + '|')
+    print(f'| {run} | ' + ' | '.join(f'{results[n][0]:.1f}' for n in names) + ' |')
+    print('| SCE (published) | ' + ' | '.join(str(SCE_PUBLISHED.get(n, '-')) for n in names) + ' |')
+    path = os.path.join(args.features_dir, 'transfer.json')
+    with open(path, 'w') as f:
+        json.dump({n: {'metric': m, 'inverse_c': c, 'validation': s} for n, (m, c, s) in results.items()}, f, indent=1)
+    print(f'\nresults written to {path}')
+
+
+if __name__ == '__main__':
+    util.run(main)
