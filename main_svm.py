@@ -43,7 +43,6 @@ def parse_option():
     args = parser.parse_args()
     if min(args.size, args.batch_size, args.cost, args.positive_weight) <= 0 or args.num_workers < 0:
         raise util.UserError('--size, --batch_size, --cost and --positive_weight must be positive')
-    args.pretrained = checkpoint_layouts.load(args.ckpt)
     if args.features_dir is None:
         name = os.path.splitext(os.path.basename(args.ckpt))[0]
         args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f'svm_{name}')
@@ -113,6 +112,8 @@ def features(args):
     for split, loader in loaders.items():
         f, y = extract_features(trunk, loader, args, normalize=True)
         out[split] = (f.cpu().numpy(), y.cpu().numpy())
+    if not util.is_main():
+        return out
     os.makedirs(args.features_dir, exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     torch.save({'key': key, 'features': out}, tmp)
@@ -138,8 +139,11 @@ def svm_ap(train, test, cost=0.5, positive_weight=2.0):
 
 def main():
     args = parse_option()
+    args.pretrained = checkpoint_layouts.load(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
     distributed.init_distributed(args)
     f = features(args)
+    if not util.is_main():  # features are gathered on every rank; rank 0 fits and reports
+        return
     aps = svm_ap(f['trainval'], f['test'], args.cost, args.positive_weight)
     for name, ap in zip(VOC_CLASSES, aps):
         print(f'{name:>12} {ap:6.2f}')

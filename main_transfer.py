@@ -58,7 +58,6 @@ def parse_option():
         raise util.UserError('--size and --batch_size must be positive, --num_workers not negative')
     if 'folder' in args.datasets and not args.data_folder:
         raise util.UserError('--datasets folder needs --data_folder DIR holding train/ and test/')
-    args.pretrained = checkpoint_layouts.load(args.ckpt)
     if args.features_dir is None:
         name = os.path.splitext(os.path.basename(args.ckpt))[0]
         args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f'transfer_{name}')
@@ -178,6 +177,8 @@ def features_of(name, trunk, args):
             raise util.UserError(f'{name}: the {split} split is empty')
         f, y = extract_features(trunk, datasets.eval_loader(ds, args), args, normalize=False)
         out[split] = (f.cpu().numpy(), y.cpu().numpy())
+    if not util.is_main():
+        return out
     os.makedirs(args.features_dir, exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     torch.save({'key': key, 'features': out}, tmp)
@@ -240,13 +241,19 @@ def main():
     import warnings
     warnings.filterwarnings('ignore', module='sklearn')  # lbfgs convergence at the weakest 1/C values
     args = parse_option()
+    args.pretrained = checkpoint_layouts.load(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
     distributed.init_distributed(args)
     trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
     results = {}
     for name in args.datasets:
-        results[name] = transfer(name, features_of(name, trunk, args), args)
+        feats = features_of(name, trunk, args)
+        if not util.is_main():  # features are gathered on every rank; rank 0 fits and reports
+            continue
+        results[name] = transfer(name, feats, args)
         m, c, source = results[name]
         print(f'{name}: {m:.1f} (1/C {c:.3g}, validated on {source})', flush=True)
+    if not util.is_main():
+        return
     run = args.pretrained['args'].get('run_name') or os.path.basename(args.ckpt)
     names = [n for n in COLUMNS if n in results] + [n for n in results if n not in COLUMNS]
     title = lambda n: TITLES.get(n, n)

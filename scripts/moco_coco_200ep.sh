@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Revisiting contrastive methods (seed 003), Model Zoo row "MoCo, 200 epochs" on COCO train2017:
+# Revisiting Contrastive Methods (Van Gansbeke et al. 2021), Model Zoo row "MoCo, 200 epochs" on COCO train2017:
 # MoCo v2 baseline, ResNet-50, lr 0.3, batch 256, 224-px crops. DATA = the train2017 folder of images.
-# Published: VOC SVM 76.1, VOC mIoU 66.2. Followed by MoCo's linear protocol on ImageNet (IMAGENET=dir).
+# Published: VOC SVM 76.1, VOC mIoU 66.2. Followed by the VOC07 linear SVM (VOC=VOCdevkit/VOC2007).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-IMAGENET=${IMAGENET:-./datasets/imagenet}
+VOC=${VOC:-./datasets/VOCdevkit/VOC2007}
 
 launch main_moco.py -a resnet50 --epochs 200 --lr 0.3 --workers 16 --batch-size 256 --dataset path "$DATA" \
     --mlp --moco-t 0.2 --cos --size_crops 224 --min_scale_crops 0.2 --max_scale_crops 1.0 --num_crops 2 \
     --output_dir save/MoCo/moco_coco_200ep
-launch main_linear.py --protocol moco --dataset imagenet --data_folder "$IMAGENET" --batch_size 256 --ckpt save/MoCo/moco_coco_200ep/last.pth
+launch main_svm.py --data_folder "$VOC" --ckpt save/MoCo/moco_coco_200ep/last.pth
