@@ -38,6 +38,7 @@ class DecodedFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
+        i = i[0] if isinstance(i, tuple) else i  # datasets.SeededSampler's (index, seed): no draws here
         path, label = self.samples[i]
         try:
             data = read_file(path)

@@ -25,7 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark  # noqa: E402  (scripts/: run_in_process, device_name; puts the repository on the path)
 
 REPO = benchmark.REPO
-QUEUE = ['--knn_freq', '0']
 
 # row -> (script, options). Image rows train on digits (built in, no download).
 SCRIPTS = {
@@ -91,40 +90,22 @@ def make_videos(root, n=8):
 
 
 def argv_of(o, row, amp, tmp, extra=()):
+    """The script and its options for one row; a row's own options come last (argparse: last wins)."""
     script, options = SCRIPTS[row]
-    common = ['--save_root', tmp, '--batch_size', str(o.batch_size), '--num_workers', '0', '--print_freq', '1000000',
-              '--seed', '0', '--epochs', '100', '--amp', amp, '--model', 'resnet18']
-    common += ['--width', '8', '--size', '32'] if o.cpu else ['--size', '32']
+    argv = ['--save_root', tmp, '--batch_size', str(o.batch_size), '--num_workers', '0', '--print_freq', '1000000',
+            '--seed', '0', '--epochs', '100', '--amp', amp]
     if row == 'sce_video':
-        common = [a for a in common if a != 'resnet18' and a != '--model'] + [
-            '--dataset', 'video', '--data_folder', o.videos, '--model', 'r3d18'] + \
-            (['--width', '4'] if o.cpu else [])
-        common = dedupe_width(common)
-    elif row == 'linear':
-        common += ['--dataset', 'digits', '--ckpt', o.ckpt]
-        common = [a for a in common if a not in ('--model', 'resnet18')]
-        common = drop_option(drop_option(common, '--width'), '--size')
+        argv += ['--dataset', 'video', '--data_folder', o.videos, '--model', 'r3d18', '--size', '32']
+        argv += ['--width', '4'] if o.cpu else []
+    elif row == 'linear':  # the trunk, its width and size come from the checkpoint
+        argv += ['--dataset', 'digits', '--ckpt', o.ckpt]
     else:
-        common += ['--dataset', 'digits']
+        argv += ['--dataset', 'digits', '--model', 'resnet18', '--size', '32'] + (['--width', '8'] if o.cpu else [])
     if row not in ('ce', 'linear'):
-        common += QUEUE
+        argv += ['--knn_freq', '0']
     if o.device == 'cuda':
-        common += ['--channels_last'] + DEVICE_VIEWS.get(row, [])
-    return script, common + options + list(extra)
-
-
-def drop_option(argv, name):
-    if name not in argv:
-        return argv
-    i = argv.index(name)
-    return argv[:i] + argv[i + 2:]
-
-
-def dedupe_width(argv):
-    """The last --width wins: keep only it."""
-    while argv.count('--width') > 1:
-        argv = drop_option(argv, '--width')
-    return argv
+        argv += ['--channels_last'] + DEVICE_VIEWS.get(row, [])
+    return script, argv + options + list(extra)
 
 
 def run_row(o, row, amp, tmp, extra=()):
@@ -139,9 +120,7 @@ def run_row(o, row, amp, tmp, extra=()):
 def write_checkpoint(o, tmp):
     """One short SupCon epoch on digits, in float32, so main_linear has a checkpoint of ours."""
     script, argv = argv_of(o, 'supcon', 'none', tmp)
-    argv = drop_option(argv, '--epochs') + ['--epochs', '1']
-    if '--gpu_aug' in argv:
-        argv.remove('--gpu_aug')
+    argv = [a for a in argv if a != '--gpu_aug'] + ['--epochs', '1']
     result = benchmark.run_in_process(script, argv, lambda m: m.main())
     found = glob.glob(os.path.join(tmp, '**', 'last.pth'), recursive=True)
     if isinstance(result, str) or not found:
