@@ -134,17 +134,3 @@ def convert(obj):
         args['num_frames'] = 8
     return {'method': 'published', 'layout': layout, 'epoch': 0, 'args': args,
             'model': {f'encoder.{k}': v for k, v in state.items()}}
-
-
-def load(path):
-    """torch.load, then ours as is or a published layout converted (for scripts and tests until the
-    shared loader calls convert itself)."""
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f'checkpoint {path} does not exist')
-    except Exception as e:
-        raise UserError(f'{path} is not a checkpoint ({type(e).__name__})')
-    if isinstance(obj, dict) and {'method', 'args', 'model'} <= obj.keys():
-        return obj
-    return convert(obj)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import checkpoint_layouts
+
 from networks.resnet_big import build_trunk
 from util import UserError, is_main, unwrap, world_size
 
@@ -85,7 +87,8 @@ def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, bes
 # ----------------------------------------------------------------------------- reading
 
 def load_checkpoint(path, what='--ckpt'):
-    """Load one of our checkpoints on the CPU, or raise a UserError saying what is wrong."""
+    """Load one of our checkpoints on the CPU, or one in a layout the authors published (converted
+    to ours by checkpoint_layouts), or raise a UserError saying what is wrong."""
     if not os.path.isfile(path):
         raise UserError(f'{what} {path} does not exist')
     try:
@@ -93,7 +96,7 @@ def load_checkpoint(path, what='--ckpt'):
     except Exception as e:  # any unreadable file is the user's to fix
         raise UserError(f'{what} {path} is not a checkpoint of this project ({type(e).__name__})')
     if not isinstance(ckpt, dict) or not {'method', 'args', 'model'} <= ckpt.keys():
-        raise UserError(f'{what} {path} is not a checkpoint of this project (no method/args/model entries)')
+        return checkpoint_layouts.convert(ckpt)
     return ckpt
 
 

@@ -65,9 +65,10 @@ def parse_option():
                    help='1: also the key crop as a query, against the momentum keys of the first weak crop')
     args, given = options.parse(parser)
 
-    options.refuse(given, ('lr_decay_rate', 'lr_decay_epochs'), "CLSA's schedule is a half cosine per epoch to 0; drop it")
+    options.refuse(given, ('lr_decay_rate', 'lr_decay_epochs', 'cosine'),
+                   "CLSA's schedule is always a half cosine per epoch to 0; drop it")
     args.lr_decay_rate = 0.0  # the cosine ends at 0
-    args.cosine = True  # --cos is accepted, and implied
+    args.cosine = True  # always (and in the run name, as SupContrast's cosine runs)
     if args.gpu is not None or options.launched_processes() > 1:
         args.multiprocessing_distributed = False  # one GPU, or processes torchrun/srun started already
     options.check_launcher(args, given)

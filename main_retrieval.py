@@ -6,11 +6,11 @@ recall@k and a t-SNE figure.
 
 The trunk (not the projection head) is rebuilt from the checkpoint alone; the data default to the
 checkpoint's. Trunk features of the training split (the bank) and of the evaluation split (the
-queries) are extracted once, sharded over the processes, and kept as seed 001's
+queries) are extracted once, sharded over the processes, and kept as the SCE video code's
 train_features.pth / train_labels.pth / val_features.pth / val_labels.pth in --features_dir (default:
 a folder next to the checkpoint). A later run on the same checkpoint file and data reads them back.
 
-Videos (seed 001's retrieval): each video's feature is the trunk's averaged over --test_clips x
+Videos (SCE's video retrieval, MVAP 2023): each video's feature is the trunk's averaged over --test_clips x
 --test_crops views; the clips have the checkpoint's --num_frames unless given:
 
     python main_retrieval.py --ckpt save/SCE/r3d50_kinetics400/last.pth --dataset ucf101 --data_folder DIR --split_id 1
@@ -63,6 +63,8 @@ def parse_option():
         values = getattr(args, name)
         if values is not None and min(values if isinstance(values, list) else [values]) <= 0:
             raise util.UserError(f'--{name} must be positive, got {values}')
+    if not args.tsne:
+        options.refuse(given, ('tsne_samples',), 'it sizes the t-SNE figure: give --tsne FIGURE too')
     if args.tsne and os.path.splitext(args.tsne)[1].lower() not in FIGURE_TYPES:
         raise util.UserError(f'--tsne {args.tsne}: name a figure file ending in {", ".join(FIGURE_TYPES)}')
     options.parse_mean_std(args)

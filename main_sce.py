@@ -3,7 +3,7 @@
 The online branch (trunk -> projector -> predictor) learns to match a soft target: the one-hot
 label of InfoNCE mixed with the momentum key's own similarities to a queue of past keys.
 
-    # ResNet-50 on ImageNet, 2x224, 200 epochs (the seed's run), LARS, batch 4096, 8 GPUs:
+    # ResNet-50 on ImageNet, 2x224, 200 epochs (the SCE paper's run), LARS, batch 4096, 8 GPUs:
     torchrun --nproc_per_node=8 main_sce.py --dataset imagenet --data_folder DIR --syncBN --amp bf16
     # + multi-crop 2x224 + 192 + 160 + 128 + 96:
     torchrun --nproc_per_node=8 main_sce.py --dataset imagenet --data_folder DIR --syncBN --amp bf16 \\
@@ -12,7 +12,7 @@ label of InfoNCE mixed with the momentum key's own similarities to a queue of pa
     # the CIFAR-10 recipe: ResNet-18, SGD, queue 4096, weak view -> momentum encoder
     python main_sce.py --dataset cifar10
 
-    # videos (seed 001): R3D-18 on Kinetics-200 (the default recipe of a video --dataset), R3D-50 on
+    # videos (SCE for images and videos, MVAP 2023): R3D-18 on Kinetics-200 (the default recipe of a video --dataset), R3D-50 on
     # Kinetics-400 with 8 or 16 frames; two clips per video, batch 512, LARS, sync-BN
     torchrun --nproc_per_node=8 main_sce.py --dataset kinetics --data_folder DIR --syncBN --amp bf16
     torchrun --nproc_per_node=8 main_sce.py --recipe r3d50_kinetics400 --dataset kinetics --data_folder DIR \\
@@ -116,10 +116,12 @@ def parse_option():
     args, given = options.parse(parser, lambda known: dict(
         recipe=(recipe := known.recipe or ('cifar' if known.dataset in SMALL_IMAGE_DATASETS else 'r3d18_kinetics200'
                                            if known.dataset in VIDEO_DATASETS else 'imagenet')),
-        cosine=True, **RECIPES[recipe]))
+        **RECIPES[recipe]))
 
     options.refuse(given, ('warm',), 'main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
-    options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate'), "SCE's schedule is a warm-up then a cosine to 0; drop it")
+    options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate', 'cosine'),
+                   "SCE's schedule is always a warm-up then a cosine to 0; drop it")
+    args.cosine = True  # always (and in the run name, as SupContrast's cosine runs)
     if args.optimizer != 'lars':
         options.refuse(given, ('trust_coefficient',), 'it is LARS\'s; this run uses --optimizer sgd')
     args.lr_decay_rate = 0.0  # the cosine ends at 0
@@ -130,9 +132,11 @@ def parse_option():
     if args.dataset in VIDEO_DATASETS:
         options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
                        'video pretraining takes two clips of --size; drop it')
-    if args.recipe == 'cifar' and args.nmb_crops != [2]:
-        raise util.UserError('--nmb_crops: the cifar recipe has one weak and one strong view; multi-crop '
-                             'needs --recipe imagenet')
+    if args.recipe == 'cifar':
+        options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
+                       'the cifar recipe has one weak and one strong view; multi-crop needs --recipe imagenet')
+    if args.pred_layers == 0:
+        options.refuse(given, ('pred_hidden',), 'there is no predictor (--pred_layers 0)')
     args.size_crops = args.size_crops or [args.size] * len(args.nmb_crops)
     args.min_scale_crops = args.min_scale_crops or [0.2] * len(args.nmb_crops)
     args.max_scale_crops = args.max_scale_crops or [1.0] * len(args.nmb_crops)

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-import checkpoint_layouts
 import checkpoints
 import datasets
 import distributed
@@ -139,7 +138,7 @@ def svm_ap(train, test, cost=0.5, positive_weight=2.0):
 
 def main():
     args = parse_option()
-    args.pretrained = checkpoint_layouts.load(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
+    args.pretrained = checkpoints.load_checkpoint(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
     distributed.init_distributed(args)
     f = features(args)
     if not util.is_main():  # features are gathered on every rank; rank 0 fits and reports

@@ -22,7 +22,6 @@ import torch
 import torchvision.datasets as tvd
 import torchvision.transforms as T
 
-import checkpoint_layouts
 import checkpoints
 import datasets
 import distributed
@@ -241,7 +240,7 @@ def main():
     import warnings
     warnings.filterwarnings('ignore', module='sklearn')  # lbfgs convergence at the weakest 1/C values
     args = parse_option()
-    args.pretrained = checkpoint_layouts.load(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
+    args.pretrained = checkpoints.load_checkpoint(args.ckpt)  # here, not in parse_option: the scripts' dry runs parse
     distributed.init_distributed(args)
     trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
     results = {}

@@ -124,12 +124,13 @@ def shuffled_forward(encoder, x):
     return unshuffle(out)
 
 
-class SplitBatchNorm(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are computed separately on `num_splits` equal chunks of
-    the batch: one device emulating BN on num_splits devices (the MoCo authors' trick, used with a
-    shuffle so that a key's statistics do not come from its own query's batch). Chunk j is rows
-    [j*N/s, (j+1)*N/s), what rank j holds in shuffled_forward. Running statistics are the mean of
-    the chunks' updates; eval is plain BatchNorm2d; state_dict keys are BatchNorm2d's."""
+class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (of any input rank: heads' 1-D, images' 2-D, clips' 3-D) whose training statistics
+    are computed separately on `num_splits` equal chunks of the batch: one device emulating BN on
+    num_splits devices (the MoCo authors' trick, used with a shuffle so that a key's statistics do
+    not come from its own query's batch). Chunk j is rows [j*N/s, (j+1)*N/s), what rank j holds in
+    shuffled_forward. Running statistics are the mean of the chunks' updates; eval is plain
+    BatchNorm; state_dict keys are BatchNorm's."""
 
     def __init__(self, num_features, num_splits, **kwargs):
         super().__init__(num_features, **kwargs)
@@ -137,20 +138,24 @@ class SplitBatchNorm(nn.BatchNorm2d):
             raise ValueError(f'num_splits must be >= 1, got {num_splits}')
         self.num_splits = num_splits
 
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
+
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        s, (n, c, h, w) = self.num_splits, x.shape
+        s, (n, c), rest = self.num_splits, x.shape[:2], x.shape[2:]
         if n % s:
             raise ValueError(f'SplitBatchNorm: batch size {n} is not divisible by num_splits {s}')
         factor = self.momentum or 0.0
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative average, as BatchNorm2d does
+            if self.momentum is None:  # cumulative average, as BatchNorm does
                 factor = 1.0 / self.num_batches_tracked.item()
         # Lay chunk j's channels at [j*C, (j+1)*C) of a batch of N/s samples: one BN over the wider
         # tensor then normalises every chunk with its own statistics, in one kernel.
-        xs = x.reshape(s, n // s, c, h, w).transpose(0, 1).reshape(n // s, s * c, h, w)
+        xs = x.reshape(s, n // s, c, *rest).transpose(0, 1).reshape(n // s, s * c, *rest)
         rep = lambda t: None if t is None else t.repeat(s)
         mean, var = rep(self.running_mean), rep(self.running_var)
         y = F.batch_norm(xs, mean, var, rep(self.weight), rep(self.bias), True, factor, self.eps)
@@ -158,14 +163,14 @@ class SplitBatchNorm(nn.BatchNorm2d):
             with torch.no_grad():
                 self.running_mean.copy_(mean.view(s, c).mean(0))
                 self.running_var.copy_(var.view(s, c).mean(0))
-        return y.reshape(n // s, s, c, h, w).transpose(0, 1).reshape(n, c, h, w)
+        return y.reshape(n // s, s, c, *rest).transpose(0, 1).reshape(n, c, *rest)
 
 
 def convert_split_batchnorm(module, num_splits):
-    """Replace every BatchNorm2d in module by a SplitBatchNorm sharing its parameters and buffers
-    (so optimiser references and requires_grad stay valid); returns the converted module."""
+    """Replace every BatchNorm (1-D, 2-D or 3-D) in module by a SplitBatchNorm sharing its parameters
+    and buffers (so optimiser references and requires_grad stay valid); returns the converted module."""
     out = module
-    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SplitBatchNorm):
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SplitBatchNorm):
         out = SplitBatchNorm(module.num_features, num_splits, eps=module.eps, momentum=module.momentum,
                              affine=module.affine, track_running_stats=module.track_running_stats)
         if module.affine:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLSA (seed 004) on ImageNet (DATA = folder with train/ and val/), the README's command: ResNet-50,
+# CLSA (Wang & Qi 2021) on ImageNet (DATA = folder with train/ and val/), the README's command: ResNet-50,
 # 200 epochs, multi crop: weak and strong 224 192 160 128 96, --sym 0; then CLSA's linear protocol on ImageNet
 # (published top-1 73.3).
 set -euo pipefail

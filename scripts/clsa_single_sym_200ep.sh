@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLSA (seed 004) on ImageNet (DATA = folder with train/ and val/), the README's command: ResNet-50,
+# CLSA (Wang & Qi 2021) on ImageNet (DATA = folder with train/ and val/), the README's command: ResNet-50,
 # 200 epochs, single crop: weak 224, strong 96, --sym 1; then CLSA's linear protocol on ImageNet
 # (the authors mark --sym 1 "not verified" and publish no figure).
 set -euo pipefail

@@ -126,7 +126,7 @@ def to_pytorchvideo(ckpt):
 
 def main():
     args = parse_option()
-    ckpt = checkpoint_layouts.load(args.ckpt)
+    ckpt = checkpoints.load_checkpoint(args.ckpt)
     exported = {'torchvision': to_torchvision, 'detectron2': to_detectron2,
                 'pytorchvideo': to_pytorchvideo}[args.format](ckpt)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Revisiting contrastive methods (seed 003), the "Ours" configuration pretrained on ImageNet
+# Revisiting Contrastive Methods (Van Gansbeke et al. 2021), the "Ours" configuration pretrained on ImageNet
 # (DATA = folder with train/ and val/) for 200 epochs, then MoCo's linear protocol on ImageNet.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE (seed 000) CIFAR-10 recipe: ResNet-18 (CIFAR stem), SGD lr 0.06, weight decay 5e-4, 5 warm-up epochs,
+# SCE (WACV 2023) CIFAR-10 recipe: ResNet-18 (CIFAR stem), SGD lr 0.06, weight decay 5e-4, 5 warm-up epochs,
 # cosine, 200 epochs, batch 256, queue 4096, momentum 0.99, weak view -> target, strong view -> online.
 # Then SCE's linear protocol on CIFAR-10.
 set -euo pipefail

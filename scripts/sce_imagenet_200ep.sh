@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE (seed 000, WACV 2023), ResNet-50 on ImageNet (DATA = folder with train/ and val/): 200 epochs, 2x224 crops.
+# SCE (Denize et al., WACV 2023), ResNet-50 on ImageNet (DATA = folder with train/ and val/): 200 epochs, 2x224 crops.
 # Released configuration resnet50_imagenet: batch 4096 over 8 GPUs (NGPU=8), LARS lr 0.3 per 256 images,
 # sync-BN, mixed precision, symmetric loss, queue 65536. Published linear top-1: 72.7.
 # Then SCE's linear protocol (MoCo v3's: SGD lr 0.1 per 256 images, 90 epochs, cosine).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE (seed 000, WACV 2023), ResNet-50 on ImageNet (DATA = folder with train/ and val/): 200 epochs, 2x224 + 192 + 160 + 128 + 96 crops.
+# SCE (Denize et al., WACV 2023), ResNet-50 on ImageNet (DATA = folder with train/ and val/): 200 epochs, 2x224 + 192 + 160 + 128 + 96 crops.
 # Released configuration resnet50_imagenet_multi_crop: batch 4096 over 16 GPUs (a SLURM job of 2 nodes x 8:
 # this script then runs srun), LARS lr 0.3 per 256 images,
 # sync-BN, mixed precision, symmetric loss, queue 65536. Published linear top-1: 75.4.

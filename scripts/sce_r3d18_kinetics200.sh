@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE for videos (seed 001), R3D-18 pretrained on Kinetics-200 (8 frames, 200 epochs; 2 A100s in the
+# SCE for images and videos (MVAP 2023, eztorch), R3D-18 pretrained on Kinetics-200 (8 frames, 200 epochs; 2 A100s in the
 # paper's run), then SCE's video linear protocol on Kinetics-200 (lr 4.0, 60 epochs, validation on
 # one view per video every 5 epochs) and the 10 clips x 3 crops test of its best checkpoint.
 # DATA = the Kinetics-200 root: train/ and val/ (videos or frame folders) listed by train.csv / val.csv.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE for videos (seed 001), R3D-50 pretrained on Kinetics-400 with 16 frames (200 epochs; 16 A100s in
+# SCE for images and videos (MVAP 2023, eztorch), R3D-50 pretrained on Kinetics-400 with 16 frames (200 epochs; 16 A100s in
 # the paper's run), row "16 frames" of its table: Kinetics-400 linear 69.6, UCF101 fine-tuning 95.3 /
 # retrieval R@1 83.9, HMDB51 fine-tuning 74.7 / retrieval R@1 45.9 (split SPLIT, default 1).
 # Every evaluation trains fast (one view per video every 5 epochs, best.pth kept), then tests

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SCE for videos (seed 001), R3D-50 pretrained on Kinetics-400 with 8 frames (200 epochs; 8 A100s in
+# SCE for images and videos (MVAP 2023, eztorch), R3D-50 pretrained on Kinetics-400 with 8 frames (200 epochs; 8 A100s in
 # the paper's run), row "8 frames" of its table: Kinetics-400 linear 67.6, UCF101 fine-tuning 94.1 /
 # retrieval R@1 81.5, HMDB51 fine-tuning 70.5 / retrieval R@1 43.0 (split SPLIT, default 1).
 # Every evaluation trains fast (one view per video every 5 epochs, best.pth kept), then tests

@@ -8,7 +8,7 @@ A row per pretraining or cross-entropy run (a folder holding last.pth): method, 
 epochs done/planned, global batch, the last training loss and kNN accuracy it logged to
 TensorBoard (the monitor's k 200, T 0.1), R@1 from main_retrieval.py's retrieval.json, the best
 top-1 of the main_linear.py runs on its checkpoint (for SupCE: its own classifier), and the top-1
-the seeds' READMEs publish for the same configuration. Linear runs are found by the checkpoint they
+the methods' READMEs publish for the same configuration. Linear runs are found by the checkpoint they
 evaluated; when several evaluated different epochs, the latest epoch is shown (with @epoch when it
 is not the run's last, and the probe's epochs when it stopped early).
 """
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from util import UserError, run  # noqa: E402
 
-SUPCONTRAST = 'SupContrast README (seed 002)'
+SUPCONTRAST = 'SupContrast README'
 # (method, model, dataset, epochs, crops or None for any, published top-1, source). Every row is
 # width 64. SupContrast's table gives no epochs: its commands run its defaults (1000, CE 500).
 PUBLISHED = [
@@ -34,17 +34,17 @@ PUBLISHED = [
     ('SupCE', 'resnet50', 'cifar100', 500, None, 75.3, SUPCONTRAST),
     ('SupCon', 'resnet50', 'cifar100', 1000, None, 76.5, SUPCONTRAST),
     ('SimCLR', 'resnet50', 'cifar100', 1000, None, 70.7, SUPCONTRAST),
-    ('SCE', 'resnet50', 'imagenet', 100, 'single', 72.1, 'SCE README (seed 000)'),
-    ('SCE', 'resnet50', 'imagenet', 200, 'single', 72.7, 'SCE README (seed 000)'),
-    ('SCE', 'resnet50', 'imagenet', 300, 'single', 73.3, 'SCE README (seed 000)'),
-    ('SCE', 'resnet50', 'imagenet', 1000, 'single', 74.1, 'SCE README (seed 000)'),
-    ('SCE', 'resnet50', 'imagenet', 200, 'multi', 75.4, 'SCE README (seed 000)'),
-    ('CLSA', 'resnet50', 'imagenet', 200, 'single', 69.4, 'CLSA README (seed 004)'),
-    ('CLSA', 'resnet50', 'imagenet', 200, 'multi', 73.3, 'CLSA README (seed 004)'),
-    ('CLSA', 'resnet50', 'imagenet', 800, 'single', 72.2, 'CLSA README (seed 004)'),
-    ('CLSA', 'resnet50', 'imagenet', 800, 'multi', 76.2, 'CLSA README (seed 004)'),
+    ('SCE', 'resnet50', 'imagenet', 100, 'single', 72.1, 'SCE README (WACV 2023)'),
+    ('SCE', 'resnet50', 'imagenet', 200, 'single', 72.7, 'SCE README (WACV 2023)'),
+    ('SCE', 'resnet50', 'imagenet', 300, 'single', 73.3, 'SCE README (WACV 2023)'),
+    ('SCE', 'resnet50', 'imagenet', 1000, 'single', 74.1, 'SCE README (WACV 2023)'),
+    ('SCE', 'resnet50', 'imagenet', 200, 'multi', 75.4, 'SCE README (WACV 2023)'),
+    ('CLSA', 'resnet50', 'imagenet', 200, 'single', 69.4, 'CLSA README'),
+    ('CLSA', 'resnet50', 'imagenet', 200, 'multi', 73.3, 'CLSA README'),
+    ('CLSA', 'resnet50', 'imagenet', 800, 'single', 72.2, 'CLSA README'),
+    ('CLSA', 'resnet50', 'imagenet', 800, 'multi', 76.2, 'CLSA README'),
 ]
-CURVE_TAGS = ('loss', 'train_loss', 'learning_rate', 'knn_accuracy', 'val_acc')
+CURVE_TAGS = ('loss', 'learning_rate', 'knn_accuracy', 'val_acc')
 MISSING = '—'
 
 
@@ -54,7 +54,7 @@ def crops(args):
 
 
 def published(method, args):
-    """(top-1, source) the seeds publish for this configuration, or None."""
+    """(top-1, source) the methods' READMEs publish for this configuration, or None."""
     for m, model, dataset, epochs, crop, top1, source in PUBLISHED:
         if ((m, model, dataset, epochs) == (method, args.get('model'), args.get('dataset'), args.get('epochs'))
                 and args.get('width') == 64 and crop in (None, crops(args))):
@@ -150,7 +150,7 @@ def summarize(roots):
         if r['method'] == 'Linear':
             continue
         a, s = r['args'], r['scalars']
-        loss = (s.get('loss') or s.get('train_loss') or [(None, None)])[-1][1]
+        loss = (s.get('loss') or [(None, None)])[-1][1]
         knn = (s.get('knn_accuracy') or [(None, None)])[-1][1]
         top1 = (r['best_acc'], r['epoch'], '') if r['method'] == 'SupCE' else latest(linear.get(r['name']))
         r1 = latest(recall.get(r['name']))

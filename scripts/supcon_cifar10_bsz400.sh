@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SupContrast README, CIFAR-10 SupCon with ResNet-50, batch 400, 300 epochs (the seed's first run).
+# SupContrast README, CIFAR-10 SupCon with ResNet-50, batch 400, 300 epochs (the README's first run).
 # tensorboard --logdir=./save/SupCon/cifar10_tensorboard/SupCon_cifar10_resnet50_lr_0.5_decay_0.0001_bsz_400_temp_0.1_trial_0_cosine_warm
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

@@ -1,6 +1,6 @@
 """CLSA: BatchKeysMoCoLoss and CLSALoss against plain-Python references; the strong augmentation's 14
 operations on known images and its sampling frequencies; the CLSA views; main_clsa.py end to end (the
-four seed-004 commands shrunk, CLSA's linear protocol, two processes, resume, user errors)."""
+the four commands of CLSA's README shrunk, CLSA's linear protocol, two processes, resume, user errors)."""
 import math
 import os
 import random
@@ -334,7 +334,7 @@ def test_view_option_errors(kwargs, message):
 
 # ----------------------------------------------------------------------------- main_clsa.py end to end
 
-# Seed 004's commands in their own spelling, shrunk: crops 224/192/160/128/96 -> 32/28/24/20/16,
+# CLSA's README commands in their own spelling, shrunk: crops 224/192/160/128/96 -> 32/28/24/20/16,
 # batch 256 -> 8, queue 65536 -> 32, ResNet-50 -> a ResNet-18 of width 8.
 LAUNCHER = ['--workers=0', '--epochs=1', '--start_epoch=0', '--batch_size=8', '--lr=0.03', '--weight_decay=1e-4',
             '--print_freq=1', '--world_size=1', '--rank=0', '--dist_url=tcp://localhost:10001', '--moco_dim=128',
@@ -383,8 +383,7 @@ def key_batches(argv, monkeypatch, rank=0, world=1):
 def momentum_encoder(argv, monkeypatch, state, bn_splits=None):
     """The momentum encoder of a single-process run of `argv` with a checkpoint's weights, in training
     mode (BatchNorm on batch statistics, as when it computes keys)."""
-    args = replay_args(argv, monkeypatch)
-    args.bn_splits = bn_splits
+    args = replay_args([*argv, *(['--bn_splits', str(bn_splits)] if bn_splits is not None else [])], monkeypatch)
     _, momentum, _ = main_clsa.set_model(args)
     momentum.load_state_dict(state)
     return momentum.train()
@@ -408,7 +407,7 @@ def test_seed_command(imagenet_like, tmp_path, monkeypatch, crops, sym):
     last = only_file(tmp_path / 'save')
     assert os.path.dirname(os.path.dirname(last)) == str(tmp_path / 'save' / 'CLSA' / 'imagenet_models')
     ckpt = load(last)
-    assert {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng', 'momentum', 'queue'} <= ckpt.keys()
+    assert {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng', 'momentum_encoder', 'queue'} <= ckpt.keys()
     assert ckpt['method'] == 'CLSA' and ckpt['epoch'] == 1
     a = ckpt['args']
     multi = crops is MULTI
@@ -419,8 +418,8 @@ def test_seed_command(imagenet_like, tmp_path, monkeypatch, crops, sym):
     assert (a['num_workers'], a['nodes'], a['node_rank'], a['dist_url'], a['data_folder']) == \
         (0, 1, 0, 'tcp://localhost:10001', imagenet_like)
     assert ckpt['model']['head.0.weight'].shape == (64, 64) and ckpt['model']['head.2.weight'].shape == (128, 64)
-    assert ckpt['momentum'].keys() == {f'module.{k}' for k in ckpt['model']}
-    assert not torch.equal(ckpt['momentum']['module.encoder.conv1.weight'], ckpt['model']['encoder.conv1.weight'])
+    assert ckpt['momentum_encoder'].keys() == {f'module.{k}' for k in ckpt['model']}
+    assert not torch.equal(ckpt['momentum_encoder']['module.encoder.conv1.weight'], ckpt['model']['encoder.conv1.weight'])
 
     # The queue holds the key crop's momentum keys (with --sym too, not the first weak crop's): the
     # last step's keys were computed by the momentum encoder as saved, each with its own BatchNorm
@@ -429,7 +428,7 @@ def test_seed_command(imagenet_like, tmp_path, monkeypatch, crops, sym):
     assert queue['keys'].shape == (32, 128) and int(queue['ptr']) == 24
     assert_unit_rows(queue['keys'])
     keys = key_batches(argv, monkeypatch)[-1]
-    assert torch.allclose(queue['keys'][16:24], momentum_encoder(argv, monkeypatch, ckpt['momentum'])(keys)[0],
+    assert torch.allclose(queue['keys'][16:24], momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'])(keys)[0],
                           atol=ATOL)
 
     if crops is SINGLE and sym == 0:  # CLSA's linear protocol on the checkpoint, as is
@@ -442,9 +441,8 @@ def linear_evaluation(last, data, cwd, monkeypatch):
     args = main_linear.parse_option()
     assert (args.learning_rate, args.weight_decay, args.epochs, args.fc_init, args.cosine) == (10.0, 0.0, 100, 'normal', True)
     assert (args.model, args.width, args.size) == ('resnet18', 8, 32)  # from the checkpoint
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)
-    assert util.adjust_learning_rate(args, optimizer, 100) == pytest.approx(0.01)  # cosine down to 0.01
-    assert util.adjust_learning_rate(args, optimizer, 50) == pytest.approx(0.01 + 9.99 / 2)
+    assert main_linear.lr_at(args, 100, 0, 10) == pytest.approx(0.01)  # cosine down to 0.01
+    assert main_linear.lr_at(args, 50, 3, 10) == pytest.approx(0.01 + 9.99 / 2)
 
     proc = check_ok(run_script('main_linear.py', *argv, '--batch_size', '8', '--epochs', '1', '--num_workers', '0',
                                '--seed', '0', cwd=cwd))
@@ -467,9 +465,9 @@ def test_defaults_are_the_released_ones(monkeypatch):
     # as released, one process per GPU unless a launcher (torchrun, srun) started this one
     assert args.multiprocessing_distributed == torch.cuda.is_available()
     # the cosine per epoch, first epoch at full lr, no warm-up
-    assert main_clsa.learning_rate(args, 1) == 0.03
-    assert main_clsa.learning_rate(args, 101) == pytest.approx(0.015)
-    assert 0 < main_clsa.learning_rate(args, 200) < 1e-5
+    assert main_clsa.lr_at(args, 1, 0, 1) == 0.03
+    assert main_clsa.lr_at(args, 101, 0, 1) == pytest.approx(0.015)
+    assert 0 < main_clsa.lr_at(args, 200, 0, 1) < 1e-5
 
 
 # ----------------------------------------------------------------------------- two processes, resume
@@ -488,7 +486,7 @@ def test_two_processes(shared_data, tmp_path, monkeypatch):
     queue = ckpt['queue']['keys']
     assert int(ckpt['queue']['ptr']) == 6 * 4  # the global batch enqueued at every step
 
-    momentum = momentum_encoder(argv, monkeypatch, ckpt['momentum'], bn_splits=1)
+    momentum = momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'], bn_splits=1)
     ranks = [key_batches(argv, monkeypatch, rank=r, world=2) for r in range(2)]
     pairings = [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]
     for step, (mine, theirs) in enumerate(zip(*ranks)):
@@ -518,7 +516,7 @@ def test_resume_matches_uninterrupted(shared_data, tmp_path):
     resumed = load(last)
     assert resumed['epoch'] == final['epoch'] == 2
     assert int(final['queue']['ptr']) == (2 * 3 * 8) % 32  # the queue wrapped around
-    for part in ('model', 'momentum', 'queue'):
+    for part in ('model', 'momentum_encoder', 'queue'):
         assert all(torch.equal(final[part][k], resumed[part][k]) for k in final[part]), part
     sa, sb = final['optimizer']['state'], resumed['optimizer']['state']
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]['momentum_buffer'], sb[i]['momentum_buffer']) for i in sa)

@@ -20,7 +20,7 @@ from networks.momentum import SplitBatchNorm
 
 MOCO_V2 = ['--mlp', '--moco_t', '0.2', '--aug_plus', '--cos']
 E2E_RUN = 'MoCo_path_resnet18_lr_0.03_decay_0.0001_bsz_8_t_0.2_m_0.999_k_32_trial_0_mlp_augplus_cosine_width_8'
-# Seed 003's "ours" command in its released spelling, shrunk: crops 160/96 -> 32/16, batch 256 -> 8,
+# Revisiting-Contrastive-SSL's "ours" command in its released spelling, shrunk: crops 160/96 -> 32/16, batch 256 -> 8,
 # topk 20 -> 4, queue 65536 -> 32. The positional folder is MoCo's (ImageNet layout: DATA/train/).
 OURS = ['-a', 'resnet18', '--lr', '0.3', '--batch-size', '8', '--mlp', '--moco-t', '0.2', '--cos', '--moco-m', '0.995',
         '--size_crops', '32', '16', '--min_scale_crops', '0.2', '0.05', '--max_scale_crops', '1.0', '0.14',
@@ -54,8 +54,7 @@ def key_batches(argv, monkeypatch, epoch=1, rank=0, world=1):
 def momentum_encoder(argv, monkeypatch, state, bn_splits=None):
     """The momentum encoder of a single-process run of `argv`, with a checkpoint's weights, in
     training mode (BN on batch statistics, as when it computes keys)."""
-    args = replay_args(argv, monkeypatch)
-    args.bn_splits = bn_splits
+    args = replay_args([*argv, *(['--bn_splits', str(bn_splits)] if bn_splits is not None else [])], monkeypatch)
     _, momentum, _, _ = main_moco.set_model(args)
     momentum.load_state_dict(state)
     return momentum.train()
@@ -95,7 +94,7 @@ def test_moco_v2_checkpoint(moco_v2):
     cwd, proc, last = moco_v2
     assert only_file(cwd / 'save') == str(last)
     ckpt = torch.load(last, map_location='cpu', weights_only=True)
-    assert {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng', 'momentum', 'queue'} <= ckpt.keys()
+    assert {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng', 'momentum_encoder', 'queue'} <= ckpt.keys()
     assert ckpt['method'] == 'MoCo' and ckpt['epoch'] == 2
     assert 'queue_backbone' not in ckpt  # no kNN loss, no second queue
     a = ckpt['args']
@@ -111,7 +110,7 @@ def test_moco_v2_checkpoint(moco_v2):
     assert 'head.2.bias' in model
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
     # the momentum encoder: the same network, lagging behind the trained one
-    momentum = ckpt['momentum']
+    momentum = ckpt['momentum_encoder']
     assert momentum.keys() == {f'module.{k}' for k in model}
     assert not torch.equal(momentum['module.encoder.conv1.weight'], model['encoder.conv1.weight'])
 
@@ -141,7 +140,7 @@ def test_linear_evaluates_the_moco_trunk(moco_v2, shared_data, tmp_path, protoco
     assert all(torch.equal(v, pretrained[k]) for k, v in trunk.items())  # frozen MoCo trunk
 
 
-# ----------------------------------------------------------------------------- seed 003's "ours"
+# ----------------------------------------------------------------------------- Revisiting-Contrastive-SSL's "ours"
 
 def test_revisiting_command_runs_and_queues_stay_aligned(shared_data, tmp_path, monkeypatch):
     data = os.path.dirname(shared_data[0])  # DATA/train holds the 24 images
@@ -168,7 +167,7 @@ def test_revisiting_command_runs_and_queues_stay_aligned(shared_data, tmp_path, 
     # the momentum encoder as saved (it is updated before, not after, computing them); with batch 8
     # in 8 BN splits every key has its own BN statistics, so the keys can be recomputed exactly.
     keys = key_batches(argv, monkeypatch)[-1]
-    k, k_trunk = momentum_encoder(argv, monkeypatch, ckpt['momentum'])(keys)
+    k, k_trunk = momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'])(keys)
     assert torch.allclose(queue['keys'][16:24], k, atol=ATOL)
     assert torch.allclose(backbone['keys'][16:24], F.normalize(k_trunk, dim=1), atol=ATOL)
 
@@ -186,13 +185,13 @@ def moco_adjust_learning_rate(lr, epoch, args):
 
 def test_cosine_schedule(monkeypatch):
     args = parse(['--lr', '0.03', '--cos', '--epochs', '200'], monkeypatch)
-    assert main_moco.learning_rate(args, 1) == 0.03  # the first epoch at full lr, exactly
-    assert main_moco.learning_rate(args, 101) == pytest.approx(0.015, abs=1e-15)
-    last = main_moco.learning_rate(args, 200)
+    assert main_moco.lr_at(args, 1, 0, 1) == 0.03  # the first epoch at full lr, exactly
+    assert main_moco.lr_at(args, 101, 0, 1) == pytest.approx(0.015, abs=1e-15)
+    last = main_moco.lr_at(args, 200, 0, 1)
     assert last == pytest.approx(0.03 * (1 + math.cos(math.pi * 199 / 200)) / 2, rel=1e-12)
     assert 0 < last < 1e-5  # down to (nearly) 0: no floor
     for epoch in range(1, 201):
-        assert main_moco.learning_rate(args, epoch) == pytest.approx(moco_adjust_learning_rate(0.03, epoch - 1, args),
+        assert main_moco.lr_at(args, epoch, 0, 1) == pytest.approx(moco_adjust_learning_rate(0.03, epoch - 1, args),
                                                                      rel=1e-12, abs=1e-15)
 
 
@@ -201,21 +200,21 @@ def test_step_schedule(monkeypatch):
     assert args.lr_decay_epochs == [120, 160] and not args.cosine
     expected = {1: 0.03, 120: 0.03, 121: 0.003, 160: 0.003, 161: 0.0003, 200: 0.0003}
     for epoch, lr in expected.items():
-        assert main_moco.learning_rate(args, epoch) == pytest.approx(lr, rel=1e-12), epoch
+        assert main_moco.lr_at(args, epoch, 0, 1) == pytest.approx(lr, rel=1e-12), epoch
     for epoch in range(1, 201):  # epoch 121 (1-based) is MoCo's 120 (0-based): the first decayed
-        assert main_moco.learning_rate(args, epoch) == pytest.approx(moco_adjust_learning_rate(0.03, epoch - 1, args),
+        assert main_moco.lr_at(args, epoch, 0, 1) == pytest.approx(moco_adjust_learning_rate(0.03, epoch - 1, args),
                                                                      rel=1e-12)
     assert parse(['--schedule', '120', '160'], monkeypatch).lr_decay_epochs == [120, 160]
     args = parse(['--lr', '0.1', '--schedule', '30', '40'], monkeypatch)
     assert args.lr_decay_epochs == [30, 40]
-    assert [main_moco.learning_rate(args, e) for e in (30, 31, 41)] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
+    assert [main_moco.lr_at(args, e, 0, 1) for e in (30, 31, 41)] == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- resume
 
 def assert_same_moco_state(a, b):
     assert a['epoch'] == b['epoch']
-    for part in ('model', 'momentum', 'queue', 'queue_backbone'):
+    for part in ('model', 'momentum_encoder', 'queue', 'queue_backbone'):
         assert a[part].keys() == b[part].keys(), part
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f'{part}: {k}'
@@ -262,7 +261,7 @@ def test_two_processes_queue_holds_shuffle_bn_keys_of_both_ranks(shared_data, tm
     queue = ckpt['queue']['keys']
     assert int(ckpt['queue']['ptr']) == 6 * 4  # the GLOBAL batch enqueued at every step
 
-    momentum = momentum_encoder(flags, monkeypatch, ckpt['momentum'], bn_splits=1)
+    momentum = momentum_encoder(flags, monkeypatch, ckpt['momentum_encoder'], bn_splits=1)
     ranks = [key_batches(flags, monkeypatch, rank=r, world=2) for r in range(2)]
     assert [len(batches) for batches in ranks] == [6, 6]
     pairings = [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]  # the first: no shuffle
@@ -293,7 +292,7 @@ def test_two_process_resume_matches_uninterrupted(shared_data, tmp_path):
     assert_same_moco_state(resumed, final)
 
 
-@pytest.mark.parametrize('batch, splits, expected', [(16, None, 8), (12, None, 1), (16, '4', 4), (16, '1', 1)])
+@pytest.mark.parametrize('batch, splits, expected', [(16, None, 8), (12, '1', 1), (16, '4', 4), (16, '1', 1)])
 def test_bn_splits(shared_data, monkeypatch, batch, splits, expected):
     argv = ['--dataset', 'path', '--data_folder', shared_data[0], '--batch_size', batch, '--moco_k', '48',
             *(['--bn_splits', splits] if splits else []), *SMALL]

@@ -27,7 +27,7 @@ def parse(argv, monkeypatch, pretrained=None):
         fake = {'method': 'SupCon', 'epoch': 1, 'model': {},
                 'args': {'model': pretrained.model, 'stem': pretrained.stem, 'width': pretrained.width,
                          'size': pretrained.size, 'run_name': pretrained.run_name}}
-        monkeypatch.setattr(module.util, 'load_checkpoint', lambda path, what='--ckpt': fake)
+        monkeypatch.setattr(module.checkpoints, 'load_checkpoint', lambda path, what='--ckpt': fake)
     monkeypatch.setattr(sys, 'argv', argv)
     return module.parse_option()
 

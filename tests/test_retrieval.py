@@ -127,7 +127,7 @@ def test_retrieval_reports_knn_and_recall_of_the_trunk(digits_run):
     monitor = float(re.search(r'^epoch 1, kNN accuracy ([\d.]+)$', supcon_out, re.M).group(1))
     assert knn[200, 0.1] == pytest.approx(monitor, abs=0.01)
 
-    # seed 001's files: raw trunk features and labels in dataset order
+    # the SCE video code's files: raw trunk features and labels in dataset order
     feats = {n: load(folder / f'{n}.pth') for n in ('train_features', 'train_labels', 'val_features', 'val_labels')}
     assert feats['train_features'].shape == (1437, 64) and feats['val_features'].shape == (360, 64)
     assert feats['train_labels'].tolist() == Digits(train=True).targets
@@ -313,7 +313,7 @@ def test_summarize_table_and_curves(digits_run, monkeypatch, capsys):
 def test_summarize_matches_published_configurations():
     published = script_module('summarize').published
     simclr = {'model': 'resnet50', 'dataset': 'cifar10', 'epochs': 1000, 'width': 64}
-    assert published('SimCLR', simclr) == (93.6, 'SupContrast README (seed 002)')
+    assert published('SimCLR', simclr) == (93.6, 'SupContrast README')
     assert published('SupCon', {**simclr, 'dataset': 'cifar100'})[0] == 76.5
     assert published('SimCLR', {**simclr, 'epochs': 10}) is None
     assert published('SimCLR', {**simclr, 'width': 16}) is None

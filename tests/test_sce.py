@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import main_sce
+import optim
 import util
 from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_ranks, run_script, step_losses
 from losses import MoCoLoss, SCELoss
@@ -77,7 +78,7 @@ def test_lars_steps_by_hand():
     w = nn.Parameter(torch.tensor([[3.0, 4.0]]))  # |w| = 5
     b = nn.Parameter(torch.tensor([1.0]))
     zero = nn.Parameter(torch.zeros(2, 2))         # |w| = 0: update not rescaled
-    opt = util.LARS([w, b, zero], lr=2.0, weight_decay=0.1, momentum=0.9, trust_coefficient=1e-3)
+    opt = optim.LARS([w, b, zero], lr=2.0, weight_decay=0.1, momentum=0.9, trust_coefficient=1e-3)
     grads = (torch.tensor([[0.6, 0.8]]), torch.tensor([0.5]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
 
     def step():
@@ -101,14 +102,14 @@ def test_lars_steps_by_hand():
 
 
 def test_warmup_cosine_lr_by_hand():
-    lr = lambda step: util.warmup_cosine_lr(1.0, step, 10, 110)
+    lr = lambda step: optim.warmup_cosine(1.0, step, 10, 110)
     assert lr(0) == 0.0
     assert lr(5) == pytest.approx(5 / 9)
     assert lr(9) == pytest.approx(1.0)
     assert lr(10) == pytest.approx(1.0)
     assert lr(60) == pytest.approx(0.5)
     assert lr(110) == pytest.approx(0.0, abs=1e-12)
-    assert util.warmup_cosine_lr(0.5, 3, 0, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    assert optim.warmup_cosine(0.5, 3, 0, 4) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)) / 2)
 
 
 # ---------------------------------------------------------------- options
@@ -120,16 +121,16 @@ def parse(argv, monkeypatch):
 
 def test_recipes_follow_the_released_configurations(monkeypatch):
     a = parse(['--dataset', 'imagenet'], monkeypatch)
-    assert (a.recipe, a.model, a.size, a.optimizer, a.batch_size, a.lr, a.weight_decay, a.warmup_epochs) == \
+    assert (a.recipe, a.model, a.size, a.optimizer, a.batch_size, a.scaled_lr, a.weight_decay, a.warmup_epochs) == \
         ('imagenet', 'resnet50', 224, 'lars', 4096, 0.3 * 4096 / 256, 1e-6, 10)
     assert (a.sym, a.temp, a.temp_m, a.coeff, a.queue_size, a.initial_momentum, a.momentum_schedule) == \
         (True, 0.1, 0.07, 0.5, 65536, 0.99, 'cosine')
     assert (a.proj_hidden, a.proj_dim, a.proj_layers, a.proj_last_bn, a.pred_hidden, a.pred_layers) == \
         (4096, 256, 3, True, 4096, 2)
     a = parse(['--dataset', 'imagenet', '--learning_rate', '0.6', '--batch_size', '512'], monkeypatch)
-    assert a.lr == pytest.approx(1.2)  # per 256 images
+    assert a.scaled_lr == pytest.approx(1.2)  # per 256 images
     c = parse(['--dataset', 'cifar10'], monkeypatch)
-    assert (c.recipe, c.model, c.stem, c.optimizer, c.lr, c.weight_decay, c.warmup_epochs, c.queue_size) == \
+    assert (c.recipe, c.model, c.stem, c.optimizer, c.scaled_lr, c.weight_decay, c.warmup_epochs, c.queue_size) == \
         ('cifar', 'resnet18', 'cifar', 'sgd', 0.06, 5e-4, 5, 4096)
     assert (c.sym, c.momentum_schedule, c.proj_hidden, c.proj_dim, c.pred_layers) == (False, 'constant', 512, 128, 0)
 
@@ -154,8 +155,9 @@ def test_model_shapes_of_the_imagenet_recipe(monkeypatch):
 
 # ---------------------------------------------------------------- end to end
 
+# (shuffle-BN over 4 sub-batches: the projector's BatchNorm1d needs 2 samples in each)
 CIFAR = ['--dataset', 'path', '--recipe', 'cifar', '--batch_size', '8', '--queue_size', '16', '--epochs', '2',
-         '--knn_freq', '0', *SMALL]
+         '--bn_splits', '4', '--knn_freq', '0', *SMALL]
 # the imagenet recipe, shrunk: multi-crop 2x32 + 2x16, heads 32 wide, LARS, symmetric
 IMAGENET = ['--dataset', 'path', '--recipe', 'imagenet', '--batch_size', '8', '--queue_size', '32', '--epochs', '1',
             '--proj_hidden', '32', '--pred_hidden', '32', '--proj_dim', '16', '--warmup_epochs', '0',
@@ -169,7 +171,7 @@ def test_cifar_recipe_then_linear_evaluation(shared_data, tmp_path):
                         *CIFAR, '--knn_freq', '1', cwd=cwd))
     ckpt = load(only_file(cwd / 'save' / 'SCE'))
     assert ckpt['method'] == 'SCE' and ckpt['epoch'] == 2
-    assert {'momentum', 'queue', 'rng'} <= set(ckpt)
+    assert {'momentum_encoder', 'queue', 'rng'} <= set(ckpt)
     assert int(ckpt['queue']['ptr']) == (2 * 3 * 8) % 16  # 24 images, batch 8: 3 steps an epoch, 8 keys each
     # per-step cosine after 5 warm-up epochs (of 6 steps): the last step of epoch 2 is step 5, in the warm-up
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(0.06 * 8 / 256 * 5 / 14)
@@ -186,7 +188,7 @@ def test_imagenet_recipe_multi_crop_symmetric(shared_data, tmp_path):
     ckpt = load(only_file(cwd / 'save' / 'SCE'))
     assert int(ckpt['queue']['ptr']) == (3 * 2 * 8) % 32  # both global crops' keys are enqueued
     assert all('momentum_buffer' in s for s in ckpt['optimizer']['state'].values())
-    assert not any(k.startswith('module.predictor') for k in ckpt['momentum'])
+    assert not any(k.startswith('module.predictor') for k in ckpt['momentum_encoder'])
 
 
 def test_momentum_update_follows_the_optimiser_step(shared_data, tmp_path):
@@ -196,7 +198,7 @@ def test_momentum_update_follows_the_optimiser_step(shared_data, tmp_path):
     check_ok(run_script('main_sce.py', '--data_folder', shared_data[0], *IMAGENET, '--initial_momentum', '0',
                         '--momentum_schedule', 'constant', '--warmup_epochs', '0', cwd=cwd))
     ckpt = load(only_file(cwd / 'save' / 'SCE'))
-    target = {k[len('module.'):]: v for k, v in ckpt['momentum'].items() if 'running' not in k and 'num_batches' not in k}
+    target = {k[len('module.'):]: v for k, v in ckpt['momentum_encoder'].items() if 'running' not in k and 'num_batches' not in k}
     assert target and all(torch.equal(v, ckpt['model'][k]) for k, v in target.items())
 
 
@@ -208,7 +210,7 @@ def test_resume_matches_uninterrupted(shared_data, tmp_path):
     check_ok(run_script('main_sce.py', '--data_folder', shared_data[0], *first, cwd=part))
     check_ok(run_script('main_sce.py', '--data_folder', shared_data[0], *CIFAR, '--resume', cwd=part))
     a, b = load(only_file(whole / 'save')), load(only_file(part / 'save'))
-    for key in ('model', 'momentum', 'queue'):
+    for key in ('model', 'momentum_encoder', 'queue'):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f'{key}.{name}'
 
@@ -248,4 +250,4 @@ def test_option_errors(shared_data, tmp_path, extra, needles):
 
 def test_resume_from_another_method(shared_data, tiny_ckpt, tmp_path):
     proc = run_script('main_sce.py', '--data_folder', shared_data[0], *CIFAR, '--resume', tiny_ckpt, cwd=tmp_path)
-    assert_user_error(proc, tmp_path, 'no momentum encoder or queue')
+    assert_user_error(proc, tmp_path, 'written by a SupCon run', 'SCE run')

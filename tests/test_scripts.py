@@ -1,6 +1,6 @@
 """End to end: the scripts run on tiny data (digits, built in; tiny ImageFolders of random PNGs),
 write SupContrast's save folders and checkpoints every other script can read, and accept every
-command of the SupContrast README (seed 002)."""
+command of the SupContrast README."""
 import argparse
 import importlib
 import os
@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import checkpoints
 import util
 from conftest import SMALL, check_ok, load, only_file, run_script
 from networks.resnet_big import SupConResNet
@@ -104,7 +105,7 @@ def test_ce_from_scratch(shared_data, tmp_path):
     proc = check_ok(run_script('main_ce.py', '--dataset', 'path', '--data_folder', train, '--test_folder', test,
                                '--batch_size', '8', '--epochs', '2', '--num_classes', '3', '--save_freq', '2',
                                *SMALL, cwd=tmp_path))
-    m = re.search(r'^best accuracy: ([\d.]+)$', proc.stdout, re.M)
+    m = re.search(r'^best accuracy: ([\d.]+) \(top-5 [\d.]+\)$', proc.stdout, re.M)
     assert m, proc.stdout
     assert len(re.findall(r'^epoch \d, .* val acc [\d.]+ \(top-5 [\d.]+\), best [\d.]+$', proc.stdout, re.M)) == 2
     folder = tmp_path / 'save' / 'SupCon' / 'path_models' / 'SupCE_path_resnet18_lr_0.2_decay_0.0001_bsz_8_trial_0_width_8'
@@ -150,7 +151,7 @@ def test_linear_reads_a_ce_checkpoint(shared_data, tmp_path):
 
 
 def test_animals10_shaped_commands_run(shared_data, tmp_path):
-    """The seed's animals10 commands (--dataset path, --mean/--std, --size, --num_classes,
+    """The SupContrast README's animals10 commands (--dataset path, --mean/--std, --size, --num_classes,
     --batch_size_val), with the sizes shrunk."""
     train, test = shared_data
     mean, std = '(0.5, 0.5, 0.5)', '(0.25, 0.25, 0.25)'
@@ -175,7 +176,7 @@ def test_animals10_shaped_commands_run(shared_data, tmp_path):
     assert probe['args']['size'] == 48 and probe['args']['num_classes'] == 3
 
 
-# ----------------------------------------------------------------------------- seed 002's commands parse
+# ----------------------------------------------------------------------------- the SupContrast README's commands parse
 
 def seed_commands(ckpts):
     """Every training command of the SupContrast README, as (script, argv)."""
@@ -229,10 +230,10 @@ EXPECTED_SEED_RUNS = [
 
 
 def fake_pretrained(path, model, epoch=300):
-    """A checkpoint written by util.save_checkpoint for a small SupConResNet `model` (width 8)."""
+    """A checkpoint written by checkpoints.save_checkpoint for a small SupConResNet `model` (width 8)."""
     net = SupConResNet(model, width=8, feat_dim=16)
     args = argparse.Namespace(model=model, stem='cifar', width=8, size=32, run_name='X', dataset='cifar10')
-    util.save_checkpoint(str(path), method='SupCon', args=args, epoch=epoch, model=net,
+    checkpoints.save_checkpoint(str(path), method='SupCon', args=args, epoch=epoch, model=net,
                          optimizer=torch.optim.SGD(net.parameters(), lr=0.1))
     return str(path)
 
@@ -248,7 +249,7 @@ def test_every_seed_command_parses(tmp_path, monkeypatch):
         if script == 'main_linear.py':
             assert args.width == 8  # adopted from the checkpoint
             assert os.path.normpath(args.save_folder).startswith(os.path.normpath('save/Linear/'))
-    # the seed's tensorboard folders and checkpoint paths are where the scripts write
+    # SupContrast's tensorboard folders and checkpoint paths are where the scripts write
     monkeypatch.setattr(sys, 'argv', ['main_supcon.py', *commands[2][1]])
     args = importlib.import_module('main_supcon').parse_option()
     assert os.path.normpath(args.tb_folder) == os.path.normpath(

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import options
+import checkpoints
+import optim
 import util
 from datasets import SeededSampler, ShardSampler
 from evaluation import knn_predict
@@ -33,43 +35,38 @@ def lr_of(opt):
 
 # ----------------------------------------------------------------------------- schedules
 
+def supcontrast(epoch, step=0, steps=10, **kw):
+    args = argparse.Namespace(**{**dict(learning_rate=0.5, lr_decay_rate=0.1, cosine=True, epochs=300,
+                                        lr_decay_epochs=[], warm=False), **kw})
+    return optim.supcontrast_lr(args, epoch, step, steps)
+
+
 def test_cosine_schedule_hand_values():
-    args = argparse.Namespace(learning_rate=0.5, lr_decay_rate=0.1, cosine=True, epochs=300, lr_decay_epochs=[])
-    opt = sgd()
     # eta_min = 0.5 * 0.1^3 = 0.0005; lr(e) = eta_min + (0.5 - eta_min) * (1 + cos(pi e / 300)) / 2
-    assert util.adjust_learning_rate(args, opt, 1) == pytest.approx(0.49998630604904, abs=1e-12)  # cos(0.6 deg)
-    assert lr_of(opt) == pytest.approx(0.49998630604904, abs=1e-12)
-    assert util.adjust_learning_rate(args, opt, 150) == pytest.approx(0.25025, abs=1e-12)  # half way
-    assert util.adjust_learning_rate(args, opt, 300) == pytest.approx(0.0005, abs=1e-12)  # floor lr * rate^3
+    assert supcontrast(1) == pytest.approx(0.49998630604904, abs=1e-12)  # cos(0.6 deg)
+    assert supcontrast(1, step=9) == supcontrast(1)  # per epoch
+    assert supcontrast(150) == pytest.approx(0.25025, abs=1e-12)  # half way
+    assert supcontrast(300) == pytest.approx(0.0005, abs=1e-12)  # floor lr * rate^3
 
 
 @pytest.mark.parametrize('epoch, expected', [
     (1, 0.05), (700, 0.05), (701, 0.005), (800, 0.005), (801, 0.0005), (900, 0.0005), (901, 0.00005), (1000, 0.00005)])
 def test_step_schedule_strict_milestones(epoch, expected):
-    args = argparse.Namespace(learning_rate=0.05, lr_decay_rate=0.1, cosine=False, epochs=1000,
-                              lr_decay_epochs=[700, 800, 900])
-    opt = sgd()
-    assert util.adjust_learning_rate(args, opt, epoch) == pytest.approx(expected, rel=1e-12)
-    assert lr_of(opt) == pytest.approx(expected, rel=1e-12)
+    assert supcontrast(epoch, learning_rate=0.05, cosine=False, epochs=1000,
+                       lr_decay_epochs=[700, 800, 900]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_warmup_per_step_linear_from_0_01():
-    args = argparse.Namespace(warm=True, warm_epochs=10, warmup_from=0.01, warmup_to=0.5)
-    opt = sgd(lr=123.0)
-    util.warmup_learning_rate(args, 1, 0, 10, opt)
-    assert lr_of(opt) == pytest.approx(0.01)  # first step of the first epoch
-    util.warmup_learning_rate(args, 1, 5, 10, opt)
-    assert lr_of(opt) == pytest.approx(0.01 + 0.05 * 0.49)  # 5 of 100 steps
-    util.warmup_learning_rate(args, 6, 0, 10, opt)
-    assert lr_of(opt) == pytest.approx(0.255)  # half way: 0.01 + 0.5 * 0.49
-    util.warmup_learning_rate(args, 10, 9, 10, opt)
-    assert lr_of(opt) == pytest.approx(0.01 + 0.99 * 0.49)  # last warm step
-    opt = sgd(lr=123.0)
-    util.warmup_learning_rate(args, 11, 0, 10, opt)  # after warm-up: left to the epoch schedule
-    assert lr_of(opt) == 123.0
-    args.warm = False
-    util.warmup_learning_rate(args, 1, 0, 10, opt)
-    assert lr_of(opt) == 123.0
+    step = dict(learning_rate=0.5, cosine=False, warm=True, lr_decay_epochs=[100])
+    assert supcontrast(1, 0, **step) == pytest.approx(0.01)  # first step of the first epoch
+    assert supcontrast(1, 5, **step) == pytest.approx(0.01 + 0.05 * 0.49)  # 5 of 100 steps
+    assert supcontrast(6, 0, **step) == pytest.approx(0.255)  # half way: 0.01 + 0.5 * 0.49
+    assert supcontrast(10, 9, **step) == pytest.approx(0.01 + 0.99 * 0.49)  # last warm step
+    assert supcontrast(11, 0, **step) == 0.5  # after warm-up: the epoch schedule
+    assert supcontrast(1, 0, **dict(step, warm=False)) == 0.5
+    # with the cosine, the warm-up ends where the cosine stands at epoch 10
+    target = supcontrast(10, warm=False)
+    assert supcontrast(10, 9, warm=True) == pytest.approx(0.01 + 0.99 * (target - 0.01))
 
 
 # ----------------------------------------------------------------------------- options, run names
@@ -79,9 +76,10 @@ def test_supcon_seed_command_run_name_and_warmup(monkeypatch):
                  '--temp 0.1 --cosine --epochs 300'.split(), monkeypatch)
     assert args.run_name == 'SupCon_cifar10_resnet50_lr_0.5_decay_0.0001_bsz_400_temp_0.1_trial_0_cosine_warm'
     assert args.warm is True  # batch > 256 forces warm-up
-    assert args.warmup_from == 0.01 and args.warm_epochs == 10
-    # eta_min + (lr - eta_min) (1 + cos(pi 10 / 300)) / 2, eta_min = 0.0005, cos(6 deg) = 0.994521895368
-    assert args.warmup_to == pytest.approx(0.49863184336823, abs=1e-12)
+    # from 0.01 at the first step to eta_min + (lr - eta_min) (1 + cos(pi 10 / 300)) / 2 after 10 epochs,
+    # eta_min = 0.0005, cos(6 deg) = 0.994521895368
+    assert optim.supcontrast_lr(args, 1, 0, 100) == pytest.approx(0.01)
+    assert optim.supcontrast_lr(args, 10, 99, 100) == pytest.approx(0.01 + 0.999 * (0.49863184336823 - 0.01))
     assert os.path.normpath(args.save_folder) == os.path.normpath(
         './save/SupCon/cifar10_models/SupCon_cifar10_resnet50_lr_0.5_decay_0.0001_bsz_400_temp_0.1_trial_0_cosine_warm')
     assert os.path.normpath(args.tb_folder) == os.path.normpath(
@@ -102,7 +100,7 @@ def test_small_batch_is_not_warmed_and_warmup_to_without_cosine(monkeypatch):
     assert args.warm is False and not args.run_name.endswith('_warm')
     args = parse('main_supcon', ['--batch_size', '257', '--learning_rate', '0.3'], monkeypatch)
     assert args.warm is True and args.run_name.endswith('_trial_0_warm')
-    assert args.warmup_to == 0.3  # step schedule: warm up to the base lr
+    assert optim.supcontrast_lr(args, 10, 99, 100) == pytest.approx(0.01 + 0.999 * 0.29)  # step: to the base lr
     args = parse('main_supcon', ['--warm', '--width', '16'], monkeypatch)
     assert args.run_name == 'SupCon_cifar10_resnet50_lr_0.05_decay_0.0001_bsz_256_temp_0.07_trial_0_warm_width_16'
 
@@ -130,14 +128,14 @@ def test_parse_floats_forms():
 
 def test_take_trunk_options():
     ckpt = {'args': {'model': 'resnet18', 'stem': 'cifar', 'width': 8}}
-    args = argparse.Namespace(model=None, stem=None, width=None)
-    util.take_trunk_options(args, ckpt, '--ckpt x')
+    args = argparse.Namespace(model='resnet50', stem=None, width=64)  # the defaults, not given
+    checkpoints.take_trunk_options(args, ckpt, '--ckpt x', given=set())
     assert (args.model, args.stem, args.width) == ('resnet18', 'cifar', 8)
     args = argparse.Namespace(model='resnet18', stem=None, width=8)
-    util.take_trunk_options(args, ckpt, '--ckpt x')  # repeating the same options is fine
+    checkpoints.take_trunk_options(args, ckpt, '--ckpt x', {'model', 'width'})  # repeating the same options is fine
     args = argparse.Namespace(model='resnet50', stem=None, width=None)
     with pytest.raises(util.UserError, match='--model resnet50 contradicts --ckpt x'):
-        util.take_trunk_options(args, ckpt, '--ckpt x')
+        checkpoints.take_trunk_options(args, ckpt, '--ckpt x', {'model'})
 
 
 # ----------------------------------------------------------------------------- meters, accuracy, kNN
@@ -205,7 +203,7 @@ def test_checkpoint_round_trip(tmp_path):
     model, opt, args = small_run(tmp_path)
     path = str(tmp_path / 'run' / 'last.pth')
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    util.save_checkpoint(path, method='SupCon', args=args, epoch=7, model=model, optimizer=opt,
+    checkpoints.save_checkpoint(path, method='SupCon', args=args, epoch=7, model=model, optimizer=opt,
                          scaler=util.grad_scaler(argparse.Namespace(device=torch.device('cpu'), amp='none')),
                          queue=torch.arange(6.0).view(2, 3))
     after = (random.random(), np.random.rand(), torch.rand(1))
@@ -213,7 +211,7 @@ def test_checkpoint_round_trip(tmp_path):
 
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     assert {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng', 'queue'} <= ckpt.keys()
-    assert util.load_checkpoint(path).keys() == ckpt.keys()
+    assert checkpoints.load_checkpoint(path).keys() == ckpt.keys()
     assert ckpt['method'] == 'SupCon' and ckpt['epoch'] == 7
     assert ckpt['args']['lr_decay_epochs'] == [700, 800] and ckpt['args']['mean'] == [0.5, 0.5, 0.5]
     assert ckpt['args']['device'] == 'cpu' and ckpt['args']['resume'] is None
@@ -222,13 +220,13 @@ def test_checkpoint_round_trip(tmp_path):
     assert ckpt['model'].keys() == state.keys()
     assert all(torch.equal(ckpt['model'][k], v) for k, v in state.items())
     assert any(k.startswith('encoder.') for k in ckpt['model'])
-    assert len(util.trunk_state_dict(ckpt)) == len(model.encoder.state_dict())
+    assert len(checkpoints.trunk_state_dict(ckpt)) == len(model.encoder.state_dict())
 
     # the optimiser state (momentum) and RNG states restore exactly
     model2 = SupConResNet('resnet18', width=4, feat_dim=8)
     opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
     args.rank, args.resume = 0, path
-    first = util.restore(dict(ckpt, path=path), args, model2, opt2)
+    first = checkpoints.restore(dict(ckpt, path=path), args, model2, opt2, None, 'SupCon')
     assert first == 8
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     for p, p2 in zip(model.parameters(), model2.parameters()):
@@ -239,7 +237,7 @@ def test_checkpoint_round_trip(tmp_path):
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     model, opt, args = small_run(tmp_path)
     path = tmp_path / 'last.pth'
-    util.save_checkpoint(str(path), method='SupCon', args=args, epoch=1, model=model, optimizer=opt)
+    checkpoints.save_checkpoint(str(path), method='SupCon', args=args, epoch=1, model=model, optimizer=opt)
     before = path.read_bytes()
 
     def disk_full(obj, f, *a, **k):  # writes part of the file, then fails like a full disk
@@ -249,35 +247,35 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, 'save', disk_full)
     with pytest.raises(OSError):
-        util.save_checkpoint(str(path), method='SupCon', args=args, epoch=2, model=model, optimizer=opt)
+        checkpoints.save_checkpoint(str(path), method='SupCon', args=args, epoch=2, model=model, optimizer=opt)
     assert path.read_bytes() == before  # the previous last.pth is untouched
     assert os.listdir(tmp_path) == ['last.pth']  # and nothing half-written is left beside it
     monkeypatch.undo()
-    assert util.load_checkpoint(str(path))['epoch'] == 1
+    assert checkpoints.load_checkpoint(str(path))['epoch'] == 1
 
 
 def test_load_checkpoint_rejects_what_is_not_ours(tmp_path):
     with pytest.raises(util.UserError, match='does not exist'):
-        util.load_checkpoint(str(tmp_path / 'missing.pth'))
+        checkpoints.load_checkpoint(str(tmp_path / 'missing.pth'))
     text = tmp_path / 'notes.pth'
     text.write_text('hello\n')
     with pytest.raises(util.UserError, match='is not a checkpoint of this project'):
-        util.load_checkpoint(str(text))
+        checkpoints.load_checkpoint(str(text))
     other = tmp_path / 'other.pth'
     torch.save({'state_dict': {'w': torch.zeros(1)}}, other)
     with pytest.raises(util.UserError, match='is not a checkpoint of this project'):
-        util.load_checkpoint(str(other))
+        checkpoints.load_checkpoint(str(other))
     pickled = tmp_path / 'pickled.pth'
     torch.save({'method': 'x', 'args': argparse.Namespace(a=1), 'model': {}}, pickled)  # SupContrast's 'opt' style
     with pytest.raises(util.UserError, match='is not a checkpoint of this project'):
-        util.load_checkpoint(str(pickled))
+        checkpoints.load_checkpoint(str(pickled))
 
 
 def test_load_state_mismatch_is_a_user_error():
     trunk = SupConResNet('resnet18', width=4).encoder
     other = SupConResNet('resnet18', width=8).encoder
     with pytest.raises(util.UserError, match='--ckpt x does not fit the model: .*size mismatch'):
-        util.load_state(trunk, other.state_dict(), '--ckpt x')
+        checkpoints.load_state(trunk, other.state_dict(), '--ckpt x')
 
 
 # ----------------------------------------------------------------------------- samplers

@@ -12,6 +12,7 @@ import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 
 import options
+import checkpoints
 import util
 import video_augment
 from datasets import SeededDataset
@@ -141,7 +142,7 @@ def test_rebuilt_from_checkpoint_args():
     trunk = build_video_trunk('r3d18', 8).eval()
     ckpt = {'args': {'model': 'r3d18', 'stem': 'imagenet', 'width': 8},
             'model': {f'encoder.{k}': v for k, v in trunk.state_dict().items()}}
-    rebuilt = util.pretrained_trunk(ckpt, 'test').eval()
+    rebuilt = checkpoints.pretrained_trunk(ckpt, 'test').eval()
     x = torch.randn(1, 3, 4, 32, 32)
     assert torch.equal(rebuilt(x), trunk(x))
 
@@ -376,7 +377,7 @@ def test_dataset_from_options(tmp_path):
         video_dataset(args, False, video_augment.ClipEvalTransform(16, MEAN, STD))
     args.num_frames = 0
     with pytest.raises(UserError, match='--num_frames'):
-        video_dataset(args, True, video_augment.clip_views(16, MEAN, STD))
+        options.check_video_options(args)
 
 
 # ----------------------------------------------------------------------------- clip transforms

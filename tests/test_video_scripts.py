@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 import datasets
 import distributed
+import checkpoints
 import util
 import video_augment
 from conftest import assert_user_error, check_ok, load, run_script
 from evaluation import evaluate, recall_at_k, view_features
-from networks.resnet_big import LinearClassifier
+from networks.resnet_big import LinearClassifier, build_trunk
 from test_video import make_video, still_clip
 
 MEAN, STD = (0.45,) * 3, (0.225,) * 3
@@ -72,23 +73,20 @@ def test_view_features_of_a_video_view_batch():
 
 
 def test_per_step_schedule_by_hand():
+    import main_ce
+    import main_linear
     args = SimpleNamespace(warmup_epochs=2, epochs=4, learning_rate=1.0)
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=9.0)
-    lrs = []
-    for epoch in range(1, 5):
-        assert util.adjust_learning_rate(args, opt, epoch) == opt.param_groups[0]['lr']  # per-epoch part off
-        for step in range(3):
-            util.step_learning_rate(args, opt, epoch, step, 3)
-            lrs.append(opt.param_groups[0]['lr'])
+    lrs = [main_linear.lr_at(args, epoch, step, 3) for epoch in range(1, 5) for step in range(3)]
+    assert lrs == [main_ce.lr_at(args, epoch, step, 3) for epoch in range(1, 5) for step in range(3)]
     # 6 warm-up steps from 0 to 1 (0, 1/5, ..., 1), then a half cosine over the 6 others
     assert lrs[:6] == pytest.approx([k / 5 for k in range(6)])
     assert lrs[6:] == pytest.approx([(1 + torch.cos(torch.tensor(torch.pi * k / 6)).item()) / 2 for k in range(6)])
 
 
 def test_channels_last_of_a_video_trunk():
-    trunk = distributed.channels_last(util.build_trunk('r3d18', width=4))
+    trunk = distributed.channels_last(build_trunk('r3d18', width=4))
     assert trunk.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
-    image = distributed.channels_last(util.build_trunk('resnet18', width=4))
+    image = distributed.channels_last(build_trunk('resnet18', width=4))
     assert image.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -174,7 +172,7 @@ def test_linear_validates_on_one_view_then_tests_every_view(pretrained, videos):
     a = probe['args']
     assert (a['protocol'], a['learning_rate'], a['warmup_epochs'], a['weight_decay'], a['num_frames']) == \
         ('video', 2.0 * 4 / 256, 8, 0.0, 2)
-    trunk = util.pretrained_trunk(probe, 'probe').eval()
+    trunk = checkpoints.pretrained_trunk(probe, 'probe').eval()
     fc = LinearClassifier(trunk.feat_dim, 2)
     fc.load_state_dict({k[len('classifier.'):]: v for k, v in probe['model'].items() if k.startswith('classifier.')})
     args = argparse.Namespace(**{**a, 'test_clips': 2, 'test_crops': 3, 'mean': None, 'std': None})
@@ -218,7 +216,7 @@ def test_retrieval_on_features_averaged_over_the_test_views(pretrained, videos):
                                                          'val_labels')}
     # a query's feature is the trunk's averaged over its 2 clips x 2 crops
     ckpt = load(last)
-    trunk = util.pretrained_trunk(ckpt, 'ckpt').eval()
+    trunk = checkpoints.pretrained_trunk(ckpt, 'ckpt').eval()
     args = argparse.Namespace(**{**ckpt['args'], 'test_clips': 2, 'test_crops': 2, 'mean': None, 'std': None})
     queries = datasets.eval_dataset(args, False, test_views=True)
     with torch.no_grad():
