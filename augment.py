@@ -6,6 +6,8 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from util import UserError
+
 
 class TwoCropTransform:
     """Two independently augmented views of one image."""
@@ -135,7 +137,7 @@ def sce_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std
     then the local crops of the later groups (blur p 0.5, solarize p 0.2)."""
     _check_crop_options(nmb_crops, size_crops, min_scale_crops, max_scale_crops)
     if nmb_crops[0] != 2:
-        raise ValueError(f'--nmb_crops: SCE takes exactly 2 global crops first, got {nmb_crops[0]}')
+        raise UserError(f'--nmb_crops: SCE takes exactly 2 global crops first, got {nmb_crops[0]}')
     views = []
     for g, (n, size, lo, hi) in enumerate(zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops)):
         for c in range(n):
@@ -213,9 +215,9 @@ class MultiCropTransform:
         self.n_large = nmb_crops[0]
         for k in auto_augment:
             if k == 1:
-                raise ValueError('--auto_augment: crop 1 is the key and never gets AutoAugment')
+                raise UserError('--auto_augment: crop 1 is the key and never gets AutoAugment')
             if not 0 <= k < len(self.crops):
-                raise ValueError(f'--auto_augment: crop index {k} is outside 0..{len(self.crops) - 1}')
+                raise UserError(f'--auto_augment: crop index {k} is outside 0..{len(self.crops) - 1}')
         self.auto_augment = frozenset(auto_augment)
         self.constrained = constrained
         self.ratio = tuple(ratio)
@@ -255,24 +257,24 @@ class MultiCropTransform:
 def _check_crop_options(nmb_crops, size_crops, min_scale_crops, max_scale_crops):
     """ValueError naming the option when the multi-crop options disagree."""
     if len(nmb_crops) == 0:
-        raise ValueError('--nmb_crops: give at least one group of crops')
+        raise UserError('--nmb_crops: give at least one group of crops')
     for name, values in (('--size_crops', size_crops), ('--min_scale_crops', min_scale_crops),
                          ('--max_scale_crops', max_scale_crops)):
         if len(values) != len(nmb_crops):
-            raise ValueError(f'{name}: {len(values)} values given, but --nmb_crops has {len(nmb_crops)} groups')
+            raise UserError(f'{name}: {len(values)} values given, but --nmb_crops has {len(nmb_crops)} groups')
     if any(n < 1 for n in nmb_crops):
-        raise ValueError(f'--nmb_crops: every group needs at least one crop, got {list(nmb_crops)}')
+        raise UserError(f'--nmb_crops: every group needs at least one crop, got {list(nmb_crops)}')
     if nmb_crops[0] < 2:
-        raise ValueError('--nmb_crops: the first group needs at least 2 crops (query and key)')
+        raise UserError('--nmb_crops: the first group needs at least 2 crops (query and key)')
     if any(s < 1 for s in size_crops):
-        raise ValueError(f'--size_crops: sizes must be positive, got {list(size_crops)}')
+        raise UserError(f'--size_crops: sizes must be positive, got {list(size_crops)}')
     for g, (lo, hi) in enumerate(zip(min_scale_crops, max_scale_crops)):
         if not 0 < lo <= 1:
-            raise ValueError(f'--min_scale_crops: {lo} (group {g}) must lie in (0, 1]')
+            raise UserError(f'--min_scale_crops: {lo} (group {g}) must lie in (0, 1]')
         if not 0 < hi <= 1:
-            raise ValueError(f'--max_scale_crops: {hi} (group {g}) must lie in (0, 1]')
+            raise UserError(f'--max_scale_crops: {hi} (group {g}) must lie in (0, 1]')
         if lo > hi:
-            raise ValueError(f'--min_scale_crops: {lo} exceeds --max_scale_crops {hi} (group {g})')
+            raise UserError(f'--min_scale_crops: {lo} exceeds --max_scale_crops {hi} (group {g})')
 
 
 # Below: CLSA, Contrastive Learning with Stronger Augmentations (Wang & Qi 2021). Its strong
@@ -317,7 +319,7 @@ class StrongAugment:
 
     def __init__(self, aug_times=5):
         if aug_times < 0:
-            raise ValueError(f'--aug_times must be >= 0, got {aug_times}')
+            raise UserError(f'--aug_times must be >= 0, got {aug_times}')
         self.aug_times = aug_times
 
     def sample(self):
@@ -352,7 +354,7 @@ class CLSATransform:
     def __init__(self, key_size, nmb_crops, size_crops, min_scale_crops, max_scale_crops, pick_weak,
                  pick_strong, aug_times, mean, std):
         if not nmb_crops or min(nmb_crops) < 1:
-            raise ValueError(f'--nmb_crops: every group needs at least one crop, got {list(nmb_crops)}')
+            raise UserError(f'--nmb_crops: every group needs at least one crop, got {list(nmb_crops)}')
         # MoCo's checks, with the key counted into the first group (MoCo's first group holds query and key)
         _check_crop_options([nmb_crops[0] + 1, *nmb_crops[1:]], size_crops, min_scale_crops, max_scale_crops)
         crops = [(size, (lo, hi)) for n, size, lo, hi
@@ -360,9 +362,9 @@ class CLSATransform:
         for name, pick in (('--pick_weak', pick_weak), ('--pick_strong', pick_strong)):
             outside = [j for j in pick if not 0 <= j < len(crops)]
             if outside:
-                raise ValueError(f'{name}: crop index {outside[0]} is outside 0..{len(crops) - 1}')
+                raise UserError(f'{name}: crop index {outside[0]} is outside 0..{len(crops) - 1}')
         if not pick_weak:
-            raise ValueError('--pick_weak: pick at least one weak crop (the InfoNCE queries)')
+            raise UserError('--pick_weak: pick at least one weak crop (the InfoNCE queries)')
         self.pick_weak, self.pick_strong = sorted(set(pick_weak)), sorted(set(pick_strong))
 
         self.key = moco_transform(key_size, mean, std)

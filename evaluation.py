@@ -169,10 +169,13 @@ class KNNMonitor:
     """The kNN monitor of pretraining: the weighted kNN top-1 accuracy of the trunk (test split
     against the training split; --knn_k, --knn_t) before training (the random trunk: the baseline
     training must beat), every --knn_freq epochs and after the last; printed and logged as
-    knn_accuracy. loaders: datasets.knn_loaders' (None: off)."""
+    knn_accuracy. loaders: datasets.knn_loaders' (None: off). A run that starts at epoch 1 measures
+    the random trunk (epoch 0) at once."""
 
-    def __init__(self, loaders, trunk, args, logger):
+    def __init__(self, loaders, trunk, args, logger, start_epoch):
         self.loaders, self.trunk, self.args, self.logger = loaders, trunk, args, logger
+        if start_epoch == 1:
+            self(0)
 
     def __call__(self, epoch):
         """After `epoch` (0: before the first), when it is due."""

@@ -13,11 +13,9 @@ softmax, and trains nothing:
     python main_ce.py --pretrained save/SCE/r3d50_kinetics400/last.pth --dataset ucf101 --data_folder DIR \\
         --test best --batch_size_val 60
 """
-import torch
-import torch.nn.functional as F
-
 import augment
 import checkpoints
+import classifier
 import datasets
 import distributed
 import optim
@@ -94,39 +92,6 @@ def set_model(args):
     return distributed.distribute(model, args)
 
 
-def lr_at(args, epoch, step, steps):
-    """With --warmup_epochs (video fine-tuning: 0): per step, a linear warm-up from 0, then a cosine
-    to 0. Else SupContrast's schedule (optim.supcontrast_lr)."""
-    if args.warmup_epochs is not None:
-        return optim.warmup_cosine(args.learning_rate, (epoch - 1) * steps + step, args.warmup_epochs * steps,
-                                   args.epochs * steps)
-    return optim.supcontrast_lr(args, epoch, step, steps)
-
-
-def train(loader, model, optimizer, scaler, guard, epoch, args):
-    """One epoch; returns its progress (loss, accuracy, time)."""
-    model.train()
-    progress = util.EpochProgress(epoch, len(loader), args, guard)
-    for idx, (images, labels) in enumerate(loader):
-        progress.data_ready()
-        images = distributed.to_device(images, args)
-        labels = labels.to(args.device, non_blocking=True)
-        optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
-
-        with util.autocast(args):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        # the global batch's loss and accuracy on every rank, as with one process
-        loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
-        progress.step(idx, len(labels), loss=loss_acc[0], train_acc=loss_acc[1])
-    return progress.end()
-
-
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
@@ -139,12 +104,11 @@ def main():
     scaler = util.grad_scaler(args)
     start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'SupCE')
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
     validation = Validation(model, val_loader, args, ckpt)
 
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
-        progress = train(train_loader, model, optimizer, scaler, guard, epoch, args)
+        progress = classifier.train(train_loader, model, optimizer, scaler, epoch, args)
         best, line, scalars = validation(epoch)
         logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
         checkpoints.save_epoch(args, epoch, best=best, method='SupCE', model=model, optimizer=optimizer,

@@ -96,12 +96,9 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    try:
-        views = augment.CLSATransform(args.size, args.nmb_crops, args.size_crops, args.min_scale_crops,
-                                      args.max_scale_crops, args.pick_weak, args.pick_strong, args.aug_times,
-                                      mean, std)
-    except ValueError as e:
-        raise util.UserError(str(e))
+    views = augment.CLSATransform(args.size, args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                  args.max_scale_crops, args.pick_weak, args.pick_strong, args.aug_times,
+                                  mean, std)
     train_set = datasets.image_dataset(args, True, views)
     # Every step enqueues a whole global batch: a partial last batch would break the queue's layout.
     return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
@@ -129,12 +126,12 @@ def lr_at(args, epoch, step, steps):
     return epoch_lr(epoch)
 
 
-def train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args):
+def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss and divergence, time, images)."""
     model.train()
     momentum_encoder.train()
     nce_loss, clsa_loss = BatchKeysMoCoLoss(args.moco_t), CLSALoss(args.clsa_t)
-    progress = util.EpochProgress(epoch, len(loader), args, guard)
+    progress = util.EpochProgress(epoch, len(loader), args)
     for idx, (crops, _) in enumerate(loader):
         progress.data_ready()
         crops = [distributed.to_device(c, args) for c in crops]
@@ -170,10 +167,7 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoc
                     divergence = divergence + clsa_loss(q, q_s, branch_keys, queue_keys)
         loss = nce + args.alpha * divergence
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim.step(optimizer, scaler, loss)
         queue.enqueue(keys)
 
         # the mean over ranks: every rank prints the same, and a non-finite loss anywhere stops all
@@ -192,14 +186,11 @@ def main():
     state = {'momentum_encoder': momentum_encoder, 'queue': queue}
     start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'CLSA', state)
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
 
-    if start_epoch == 1:
-        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args)
+        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args)
         logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'], momentum=args.moco_m)
         knn(epoch)
         checkpoints.save_epoch(args, epoch, method='CLSA', model=model, optimizer=optimizer, scaler=scaler,

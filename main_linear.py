@@ -18,10 +18,10 @@ from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import augment
 import checkpoints
+import classifier
 import datasets
 import distributed
 import optim
@@ -119,78 +119,40 @@ def set_loader(args):
 
 
 def set_model(args):
-    """Returns (probe, trunk, classifier): the probe (trunk under 'encoder.', classifier under
-    'classifier.') is what is saved; the classifier alone is trained (DDP-wrapped if distributed)."""
+    """Returns (probe, model): the probe (trunk under 'encoder.', classifier under 'classifier.') is
+    what is saved; the model trains the classifier alone (DDP-wrapped if distributed) on the frozen
+    trunk's features."""
     trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}')
     del args.pretrained  # not an option: keep it out of the saved args
-    classifier = LinearClassifier(trunk.feat_dim, num_classes=args.n_classes)
+    linear = LinearClassifier(trunk.feat_dim, num_classes=args.n_classes)
     if args.fc_init == 'normal':
-        nn.init.normal_(classifier.fc.weight, std=0.01)
-        nn.init.zeros_(classifier.fc.bias)
-    probe = nn.Sequential(OrderedDict(encoder=trunk, classifier=classifier))
-    trunk.requires_grad_(False)
+        nn.init.normal_(linear.fc.weight, std=0.01)
+        nn.init.zeros_(linear.fc.bias)
+    probe = nn.Sequential(OrderedDict(encoder=trunk, classifier=linear))
     trunk.to(args.device)
     if args.channels_last:
         distributed.channels_last(trunk)
-    features = torch.compile(trunk) if args.compile else trunk
-    return probe, features, distributed.distribute(classifier, args)
-
-
-def lr_at(args, epoch, step, steps):
-    """With --warmup_epochs (the video protocol): per step, a linear warm-up from 0, then a cosine to
-    0. Else SupContrast's schedule (optim.supcontrast_lr) with the protocol's defaults: supcon x0.2
-    at 60, 75, 90; moco x0.1 at 60, 80; sce and clsa a per-epoch cosine to 0 and to lr x 0.1^3."""
-    if args.warmup_epochs is not None:
-        return optim.warmup_cosine(args.learning_rate, (epoch - 1) * steps + step, args.warmup_epochs * steps,
-                                   args.epochs * steps)
-    return optim.supcontrast_lr(args, epoch, step, steps)
-
-
-def train(loader, trunk, classifier, optimizer, scaler, guard, epoch, args):
-    """One epoch of the classifier on frozen features; returns its progress (loss, accuracy, time)."""
-    trunk.eval()  # frozen: BN keeps its pretrained statistics
-    classifier.train()
-    progress = util.EpochProgress(epoch, len(loader), args, guard)
-    for idx, (images, labels) in enumerate(loader):
-        progress.data_ready()
-        images = distributed.to_device(images, args)
-        labels = labels.to(args.device, non_blocking=True)
-        optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
-
-        with util.autocast(args):
-            with torch.no_grad():
-                features = trunk(images)
-            logits = classifier(features)
-        loss = F.cross_entropy(logits.float(), labels)
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        # the global batch's loss and accuracy on every rank, as with one process
-        loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
-        progress.step(idx, len(labels), loss=loss_acc[0], train_acc=loss_acc[1])
-    return progress.end()
+    frozen = classifier.FrozenTrunk(torch.compile(trunk) if args.compile else trunk)
+    return probe, nn.Sequential(frozen, distributed.distribute(linear, args))
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
-    probe, trunk, classifier = set_model(args)
+    probe, model = set_model(args)
     if args.test:
         test_checkpoint(probe, val_loader, args)
         return
-    optimizer = optim.build_optimizer(classifier.parameters(), args)
+    optimizer = optim.build_optimizer(model[1].parameters(), args)
     scaler = util.grad_scaler(args)
     start_epoch = checkpoints.restore(ckpt, args, probe, optimizer, scaler, 'Linear')
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
     validation = Validation(probe, val_loader, args, ckpt)
 
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
-        progress = train(train_loader, trunk, classifier, optimizer, scaler, guard, epoch, args)
+        progress = classifier.train(train_loader, model, optimizer, scaler, epoch, args)
         best, line, scalars = validation(epoch)
         logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
         checkpoints.save_epoch(args, epoch, best=best, method='Linear', model=probe, optimizer=optimizer,

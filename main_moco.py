@@ -109,15 +109,12 @@ def set_loader(args):
     mean, std = datasets.mean_std(args)
     if args.gpu_aug:
         return device_loader(args, mean, std), datasets.knn_loaders(args)
-    try:
-        if args.multi_crop:
-            views = augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops,
-                                               args.max_scale_crops, mean, std, args.constrained_cropping,
-                                               args.auto_augment)
-        else:
-            views = augment.TwoCropTransform(augment.moco_transform(args.size, mean, std, args.aug_plus))
-    except ValueError as e:
-        raise util.UserError(str(e))
+    if args.multi_crop:
+        views = augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                           args.max_scale_crops, mean, std, args.constrained_cropping,
+                                           args.auto_augment)
+    else:
+        views = augment.TwoCropTransform(augment.moco_transform(args.size, mean, std, args.aug_plus))
     if args.multi_crop and not args.aug_plus and util.is_main():
         print('note: multi-crop views always use the MoCo v2 augmentation')
     train_set = datasets.image_dataset(args, True, views)
@@ -131,11 +128,8 @@ def device_loader(args, mean, std):
         raise util.UserError('--gpu_aug serves MoCo v2\'s augmentation: add --aug_plus (or drop --gpu_aug for v1\'s)')
     if args.constrained_cropping or args.auto_augment:
         raise util.UserError('--gpu_aug has no constrained cropping or AutoAugment: drop --gpu_aug or those options')
-    try:
-        augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops,
-                                   mean, std)  # checks the crop options
-    except ValueError as e:
-        raise util.UserError(str(e))
+    augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops,
+                               mean, std)  # checks the crop options
     views = [gpu_augment.moco_v2_view(size, mean, std, (lo, hi)) for n, size, lo, hi in
              zip(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops) for _ in range(n)]
     train_set = datasets.image_dataset(args, True, None)
@@ -174,12 +168,12 @@ def lr_at(args, epoch, step, steps):
     return epoch_lr(epoch)
 
 
-def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, guard, epoch, args):
+def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss, time, images)."""
     model.train()
     momentum_encoder.train()
     moco_loss, knn_loss = MoCoLoss(args.moco_t), KNNLoss(args.aux_topk, args.moco_t)
-    progress = util.EpochProgress(epoch, len(loader), args, guard)
+    progress = util.EpochProgress(epoch, len(loader), args)
     for idx, (crops, _) in enumerate(loader):
         progress.data_ready()
         crops = [distributed.to_device(c, args) for c in crops]
@@ -198,10 +192,7 @@ def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, sca
             aux = knn_loss(q, F.normalize(q_trunk.float(), dim=1), queue.keys.clone(), queue_backbone.keys.clone())
             loss = loss + args.aux_weight * aux
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim.step(optimizer, scaler, loss)
         queue.enqueue(distributed.gather(k.float()))
         if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
             queue_backbone.enqueue(distributed.gather(F.normalize(k_trunk.float(), dim=1)))
@@ -220,14 +211,11 @@ def main():
     state = {'momentum_encoder': momentum_encoder, 'queue': queue, 'queue_backbone': queue_backbone}
     start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'MoCo', state)
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
 
-    if start_epoch == 1:
-        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, guard, epoch, args)
+        progress = train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, epoch, args)
         logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'], momentum=args.moco_m)
         knn(epoch)
         checkpoints.save_epoch(args, epoch, method='MoCo', model=model, optimizer=optimizer, scaler=scaler,

@@ -165,14 +165,11 @@ def set_loader(args):
         # becomes its temporal difference with p 0.2, as released
         train_set = video_dataset(args, True, video_augment.clip_views(args.size, mean, std), time_difference_p=0.2)
         return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
-    try:
-        if args.recipe == 'cifar':
-            views = augment.sce_cifar_views(args.size, mean, std)
-        else:
-            views = augment.sce_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
-                                      args.max_scale_crops, mean, std)
-    except ValueError as e:
-        raise util.UserError(str(e))
+    if args.recipe == 'cifar':
+        views = augment.sce_cifar_views(args.size, mean, std)
+    else:
+        views = augment.sce_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                  args.max_scale_crops, mean, std)
     train_set = datasets.image_dataset(args, True, views)
     # every step enqueues a whole global batch: a partial last batch would break the queue's layout
     return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
@@ -229,13 +226,13 @@ def pair_loss(criterion, queries, keys, queue, first_query):
     return loss / len(keys)
 
 
-def train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args):
+def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss, time, images)."""
     model.train()
     momentum_encoder.train()
     criterion = SCELoss(args.coeff, args.temp, args.temp_m)
     steps = len(loader)
-    progress = util.EpochProgress(epoch, steps, args, guard)
+    progress = util.EpochProgress(epoch, steps, args)
     for idx, (crops, _) in enumerate(loader):
         progress.data_ready()
         optim.set_lr(optimizer, lr_at(args, epoch, idx, steps))
@@ -251,10 +248,7 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoc
                 keys = encode_keys(momentum_encoder, crops[:args.num_keys], args)
         loss = pair_loss(criterion, q.split(bsz), keys, queue.keys.clone(), first_query)
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim.step(optimizer, scaler, loss)
         # after the optimiser step, as released
         momentum_encoder.update(util.unwrap(model), momentum_at(args, (epoch - 1) * steps + idx, args.epochs * steps))
         queue.enqueue(torch.cat([distributed.gather(k.float()) for k in keys]))
@@ -272,18 +266,15 @@ def main():
     state = {'momentum_encoder': momentum_encoder, 'queue': queue}
     start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'SCE', state)
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
     steps = len(loader)
     if util.is_main():
         print(f'recipe {args.recipe}: {args.optimizer} lr {args.scaled_lr:g} (= {args.learning_rate} x '
               f'{args.batch_size} / 256), {steps} steps per epoch')
 
-    if start_epoch == 1:
-        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, guard, epoch, args)
+        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args)
         logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'],
                      momentum=momentum_at(args, epoch * steps - 1, args.epochs * steps))
         knn(epoch)

@@ -60,10 +60,10 @@ def lr_at(args, epoch, step, steps):
     return optim.supcontrast_lr(args, epoch, step, steps)
 
 
-def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
+def train(loader, model, criterion, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss, time, images)."""
     model.train()
-    progress = util.EpochProgress(epoch, len(loader), args, guard)
+    progress = util.EpochProgress(epoch, len(loader), args)
     for idx, (images, labels) in enumerate(loader):
         progress.data_ready()
         images = distributed.to_device(torch.cat(images, 0), args)
@@ -79,10 +79,7 @@ def train(loader, model, criterion, optimizer, scaler, guard, epoch, args):
         features = distributed.gather_with_grad(features)
         loss = criterion(features, distributed.gather(labels) if args.method == 'SupCon' else None)
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim.step(optimizer, scaler, loss)
         progress.step(idx, bsz, loss=loss)
     return progress.end()
 
@@ -96,14 +93,11 @@ def main():
     scaler = util.grad_scaler(args)
     start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, args.method)
     logger = util.Logger(args.tb_folder, args)
-    guard = util.NonFiniteGuard(args.device)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
 
-    if start_epoch == 1:
-        knn(0)
     for epoch in range(start_epoch, args.epochs + 1):
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, criterion, optimizer, scaler, guard, epoch, args)
+        progress = train(loader, model, criterion, optimizer, scaler, epoch, args)
         logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'])
         knn(epoch)
         checkpoints.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer, scaler=scaler)

@@ -59,6 +59,14 @@ def set_lr(optimizer, lr):
 
 # ----------------------------------------------------------------------------- optimisers
 
+def step(optimizer, scaler, loss):
+    """One optimiser step on loss: clear the gradients, backward (scaled for fp16), step, rescale."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def build_optimizer(params, args, lr=0.0, kind='sgd'):
     """The optimiser of every training script: SGD (momentum --momentum, --weight_decay) or LARS
     (also --trust_coefficient). --fused_optimizer: SGD in one fused kernel (torch >= 2.4, also no

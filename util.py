@@ -94,8 +94,9 @@ class EpochProgress:
     --print_freq steps with images/s and the epoch's time left, and the non-finite-loss check."""
     LABELS = {'loss': 'loss', 'ddm_loss': 'ddm', 'train_acc': 'Acc@1'}
 
-    def __init__(self, epoch, steps, args, guard):
-        self.epoch, self.steps, self.args, self.guard = epoch, steps, args, guard
+    def __init__(self, epoch, steps, args):
+        self.epoch, self.steps, self.args = epoch, steps, args
+        self.guard = NonFiniteGuard(args.device)
         self.batch_time, self.data_time, self.meters = AverageMeter(), AverageMeter(), {}
         self.start = self.last = time.time()
         self.images = 0

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from util import UserError
 from augment import (GaussianBlur, MultiCropTransform, TwoCropTransform, moco_transform,
                      sample_crop_box)
 
@@ -166,5 +167,5 @@ def test_auto_augment_half_the_time_and_never_on_key(monkeypatch):
     (dict(auto_augment=[-1]), '--auto_augment'),
 ])
 def test_multicrop_option_errors(change, option):
-    with pytest.raises(ValueError, match=option):
+    with pytest.raises(UserError, match=option):
         MultiCropTransform(**dict(REVISITING, **change))

@@ -18,6 +18,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 import augment
+import classifier
+from util import UserError
 import main_clsa
 import main_linear
 import util
@@ -328,7 +330,7 @@ def test_views_draw_from_torch_alone():
 def test_view_option_errors(kwargs, message):
     options = dict(key_size=32, nmb_crops=[1, 1], size_crops=[32, 16], min_scale_crops=[0.2, 0.086],
                    max_scale_crops=[1.0, 0.429], pick_weak=[0], pick_strong=[1], aug_times=5, mean=MEAN, std=STD)
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(UserError, match=re.escape(message)):
         augment.CLSATransform(**{**options, **kwargs})
 
 
@@ -441,8 +443,8 @@ def linear_evaluation(last, data, cwd, monkeypatch):
     args = main_linear.parse_option()
     assert (args.learning_rate, args.weight_decay, args.epochs, args.fc_init, args.cosine) == (10.0, 0.0, 100, 'normal', True)
     assert (args.model, args.width, args.size) == ('resnet18', 8, 32)  # from the checkpoint
-    assert main_linear.lr_at(args, 100, 0, 10) == pytest.approx(0.01)  # cosine down to 0.01
-    assert main_linear.lr_at(args, 50, 3, 10) == pytest.approx(0.01 + 9.99 / 2)
+    assert classifier.lr_at(args, 100, 0, 10) == pytest.approx(0.01)  # cosine down to 0.01
+    assert classifier.lr_at(args, 50, 3, 10) == pytest.approx(0.01 + 9.99 / 2)
 
     proc = check_ok(run_script('main_linear.py', *argv, '--batch_size', '8', '--epochs', '1', '--num_workers', '0',
                                '--seed', '0', cwd=cwd))
