@@ -1,12 +1,31 @@
 """Training a classifier, as main_ce.py (the whole network) and main_linear.py (a linear layer on a
-frozen trunk) both do: their schedule, and one epoch of cross-entropy steps."""
+frozen trunk) both do: their schedule, an epoch of cross-entropy steps, and the run's epochs."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import checkpoints
+import datasets
 import distributed
 import optim
 import util
+from evaluation import Validation
+from video_datasets import VIDEO_DATASETS, video_dataset
+
+
+def loaders(args, train_views):
+    """(training, validation) loaders, the training split through train_views(mean, std) (a clip
+    transform for a video --dataset); with --test, (None, the loader of every test view). Sets
+    args.n_classes."""
+    if args.test:
+        test_set = datasets.eval_dataset(args, False, test_views=True)
+        args.n_classes = datasets.num_classes(args, test_set)
+        return None, datasets.eval_loader(test_set, args)
+    views = train_views(*datasets.mean_std(args))
+    train_set = (video_dataset(args, True, views) if args.dataset in VIDEO_DATASETS
+                 else datasets.image_dataset(args, True, views))
+    args.n_classes = datasets.num_classes(args, train_set)
+    return datasets.train_loader(train_set, args), datasets.eval_loader(datasets.eval_dataset(args, False), args)
 
 
 def lr_at(args, epoch, step, steps):
@@ -55,3 +74,22 @@ def train(loader, model, optimizer, scaler, epoch, args):
         loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
         progress.step(idx, len(labels), loss=loss_acc[0], train_acc=loss_acc[1])
     return progress.end()
+
+
+def fit(model, saved, method, train_loader, val_loader, ckpt, args):
+    """The run: resume `ckpt`, then each epoch train `model`, validate every --val_freq epochs, log,
+    and save `saved` (what the checkpoints hold: the model, or main_linear's probe with its trunk),
+    best.pth at the best validation top-1; finally print the best accuracy."""
+    optimizer = optim.build_optimizer([p for p in model.parameters() if p.requires_grad], args)
+    scaler = util.grad_scaler(args)
+    start_epoch = checkpoints.restore(ckpt, args, saved, optimizer, scaler, method)
+    logger = util.Logger(args.tb_folder, args)
+    validation = Validation(saved, val_loader, args, ckpt)
+    for epoch in range(start_epoch, args.epochs + 1):
+        train_loader.sampler.set_epoch(epoch)
+        progress = train(train_loader, model, optimizer, scaler, epoch, args)
+        best, line, scalars = validation(epoch)
+        logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
+        checkpoints.save_epoch(args, epoch, best=best, method=method, model=saved, optimizer=optimizer,
+                               scaler=scaler, best_acc=validation.best_acc, best_acc5=validation.best_acc5)
+    validation.report()

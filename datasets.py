@@ -5,6 +5,7 @@ Training loaders draw every sample's augmentation from its own seed, a function 
 epoch, index): a run is reproducible whatever --num_workers or the number of processes."""
 import os
 import sys
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
@@ -164,6 +165,47 @@ def num_classes(args, dataset):
     if given is not None and given != n:
         raise UserError(f'--num_classes {given} but {args.dataset} {args.data_folder} has {n} classes')
     return n
+
+
+# PASCAL VOC 2007 (main_svm.py, main_transfer.py): image-level labels of the 20 classes
+VOC_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
+               'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
+
+
+class VOC2007(Dataset):
+    """Image-level labels of a VOC split: 1 where the class has a non-difficult object, else 0."""
+
+    def __init__(self, root, split, transform):
+        if os.path.isdir(os.path.join(root, 'VOCdevkit', 'VOC2007')):
+            root = os.path.join(root, 'VOCdevkit', 'VOC2007')
+        if not os.path.isdir(root):
+            raise UserError(f'--data_folder {root} does not exist')
+        ids_file = os.path.join(root, 'ImageSets', 'Main', f'{split}.txt')
+        if not os.path.isfile(ids_file):
+            raise UserError(f'{ids_file} is missing: the VOC 2007 folder must hold ImageSets/Main/{split}.txt, '
+                                 f'Annotations/ and JPEGImages/ (VOCdevkit/VOC2007)')
+        self.root, self.transform = root, transform
+        self.ids = open(ids_file).read().split()
+        if not self.ids:
+            raise UserError(f'{ids_file} lists no images')
+        self.targets = torch.stack([self._labels(i) for i in self.ids])
+
+    def _labels(self, image_id):
+        y = torch.zeros(len(VOC_CLASSES), dtype=torch.long)
+        path = os.path.join(self.root, 'Annotations', f'{image_id}.xml')
+        if not os.path.isfile(path):
+            raise UserError(f'{path} is missing')
+        for obj in ET.parse(path).findall('object'):
+            if obj.findtext('difficult', '0').strip() != '1':
+                y[VOC_CLASSES.index(obj.findtext('name').strip())] = 1
+        return y
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        img = load_image(os.path.join(self.root, 'JPEGImages', f'{self.ids[i]}.jpg'))
+        return self.transform(img), self.targets[i]
 
 
 # ----------------------------------------------------------------------------- loaders

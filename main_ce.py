@@ -16,15 +16,13 @@ softmax, and trains nothing:
 import augment
 import checkpoints
 import classifier
-import datasets
 import distributed
-import optim
 import options
 import util
 import video_augment
-from evaluation import Validation, test_checkpoint
+from evaluation import test_checkpoint
 from networks.resnet_big import SupCEResNet
-from video_datasets import VIDEO_DATASETS, video_dataset
+from video_datasets import VIDEO_DATASETS
 
 # The released fine-tuning of R3D trunks on UCF101 / HMDB51: SGD lr 0.1 per 256 clips (0.025 at
 # batch 64), no weight decay, a per-step cosine to 0 without warm-up, 200 epochs, dropout 0.8 before
@@ -68,18 +66,12 @@ def parse_option():
 
 
 def set_loader(args):
-    """(training, validation) loaders; with --test, (None, the loader of every test view)."""
-    if args.test:
-        test_set = datasets.eval_dataset(args, False, test_views=True)
-        args.n_classes = datasets.num_classes(args, test_set)
-        return None, datasets.eval_loader(test_set, args)
-    mean, std = datasets.mean_std(args)
-    if args.dataset in VIDEO_DATASETS:
-        train_set = video_dataset(args, True, video_augment.ClipScaleCropFlip(args.size, mean, std, colour=True))
-    else:
-        train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std))
-    args.n_classes = datasets.num_classes(args, train_set)
-    return datasets.train_loader(train_set, args), datasets.eval_loader(datasets.eval_dataset(args, False), args)
+    """(training, validation) loaders: crops, flips (and clips' colour jitter, as SCE's fine-tuning)."""
+    def train_views(mean, std):
+        if args.dataset in VIDEO_DATASETS:
+            return video_augment.ClipScaleCropFlip(args.size, mean, std, colour=True)
+        return augment.crop_flip_transform(args.size, mean, std)
+    return classifier.loaders(args, train_views)
 
 
 def set_model(args):
@@ -100,20 +92,7 @@ def main():
     if args.test:
         test_checkpoint(model, val_loader, args)
         return
-    optimizer = optim.build_optimizer(model.parameters(), args)
-    scaler = util.grad_scaler(args)
-    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'SupCE')
-    logger = util.Logger(args.tb_folder, args)
-    validation = Validation(model, val_loader, args, ckpt)
-
-    for epoch in range(start_epoch, args.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
-        progress = classifier.train(train_loader, model, optimizer, scaler, epoch, args)
-        best, line, scalars = validation(epoch)
-        logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
-        checkpoints.save_epoch(args, epoch, best=best, method='SupCE', model=model, optimizer=optimizer,
-                               scaler=scaler, best_acc=validation.best_acc, best_acc5=validation.best_acc5)
-    validation.report()
+    classifier.fit(model, model, 'SupCE', train_loader, val_loader, ckpt, args)
 
 
 if __name__ == '__main__':

@@ -22,15 +22,13 @@ import torch.nn as nn
 import augment
 import checkpoints
 import classifier
-import datasets
 import distributed
-import optim
 import options
 import util
 import video_augment
-from evaluation import Validation, test_checkpoint
+from evaluation import test_checkpoint
 from networks.resnet_big import LinearClassifier
-from video_datasets import VIDEO_DATASETS, video_dataset
+from video_datasets import VIDEO_DATASETS
 
 
 # Each method's published linear protocol: the defaults of the options below. Flags given on the
@@ -103,19 +101,12 @@ def parse_option():
 
 
 def set_loader(args):
-    """(training, validation) loaders; with --test, (None, the loader of every test view)."""
-    if args.test:
-        test_set = datasets.eval_dataset(args, False, test_views=True)
-        args.n_classes = datasets.num_classes(args, test_set)
-        return None, datasets.eval_loader(test_set, args)
-    mean, std = datasets.mean_std(args)
-    if args.dataset in VIDEO_DATASETS:
-        train_set = video_dataset(args, True, video_augment.ClipScaleCropFlip(args.size, mean, std))
-    else:
-        train_set = datasets.image_dataset(args, True, augment.crop_flip_transform(args.size, mean, std,
-                                                                                  args.crop_min_scale))
-    args.n_classes = datasets.num_classes(args, train_set)
-    return datasets.train_loader(train_set, args), datasets.eval_loader(datasets.eval_dataset(args, False), args)
+    """(training, validation) loaders: scaled crops and flips (--crop_min_scale for images)."""
+    def train_views(mean, std):
+        if args.dataset in VIDEO_DATASETS:
+            return video_augment.ClipScaleCropFlip(args.size, mean, std)
+        return augment.crop_flip_transform(args.size, mean, std, args.crop_min_scale)
+    return classifier.loaders(args, train_views)
 
 
 def set_model(args):
@@ -144,20 +135,7 @@ def main():
     if args.test:
         test_checkpoint(probe, val_loader, args)
         return
-    optimizer = optim.build_optimizer(model[1].parameters(), args)
-    scaler = util.grad_scaler(args)
-    start_epoch = checkpoints.restore(ckpt, args, probe, optimizer, scaler, 'Linear')
-    logger = util.Logger(args.tb_folder, args)
-    validation = Validation(probe, val_loader, args, ckpt)
-
-    for epoch in range(start_epoch, args.epochs + 1):
-        train_loader.sampler.set_epoch(epoch)
-        progress = classifier.train(train_loader, model, optimizer, scaler, epoch, args)
-        best, line, scalars = validation(epoch)
-        logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
-        checkpoints.save_epoch(args, epoch, best=best, method='Linear', model=probe, optimizer=optimizer,
-                               scaler=scaler, best_acc=validation.best_acc, best_acc5=validation.best_acc5)
-    validation.report()
+    classifier.fit(model, probe, 'Linear', train_loader, val_loader, ckpt, args)
 
 
 if __name__ == '__main__':

@@ -11,7 +11,6 @@ all 'difficult' is a negative for that class. Features are cached in --features_
 import argparse
 import json
 import os
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
@@ -24,8 +23,6 @@ import util
 from evaluation import extract_features
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-VOC_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
-               'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 
 
 def parse_option():
@@ -49,46 +46,10 @@ def parse_option():
     return args
 
 
-class VOC2007(torch.utils.data.Dataset):
-    """Image-level labels of a VOC split: 1 where the class has a non-difficult object, else 0."""
-
-    def __init__(self, root, split, transform):
-        if os.path.isdir(os.path.join(root, 'VOCdevkit', 'VOC2007')):
-            root = os.path.join(root, 'VOCdevkit', 'VOC2007')
-        if not os.path.isdir(root):
-            raise util.UserError(f'--data_folder {root} does not exist')
-        ids_file = os.path.join(root, 'ImageSets', 'Main', f'{split}.txt')
-        if not os.path.isfile(ids_file):
-            raise util.UserError(f'{ids_file} is missing: the VOC 2007 folder must hold ImageSets/Main/{split}.txt, '
-                                 f'Annotations/ and JPEGImages/ (VOCdevkit/VOC2007)')
-        self.root, self.transform = root, transform
-        self.ids = open(ids_file).read().split()
-        if not self.ids:
-            raise util.UserError(f'{ids_file} lists no images')
-        self.targets = torch.stack([self._labels(i) for i in self.ids])
-
-    def _labels(self, image_id):
-        y = torch.zeros(len(VOC_CLASSES), dtype=torch.long)
-        path = os.path.join(self.root, 'Annotations', f'{image_id}.xml')
-        if not os.path.isfile(path):
-            raise util.UserError(f'{path} is missing')
-        for obj in ET.parse(path).findall('object'):
-            if obj.findtext('difficult', '0').strip() != '1':
-                y[VOC_CLASSES.index(obj.findtext('name').strip())] = 1
-        return y
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        img = datasets.load_image(os.path.join(self.root, 'JPEGImages', f'{self.ids[i]}.jpg'))
-        return self.transform(img), self.targets[i]
-
-
 def set_loader(args):
     transform = T.Compose([T.Resize(round(args.size * 256 / 224)), T.CenterCrop(args.size), T.ToTensor(),
                            T.Normalize(*IMAGENET)])
-    return {s: datasets.eval_loader(VOC2007(args.data_folder, s, transform), args) for s in ('trainval', 'test')}
+    return {s: datasets.eval_loader(datasets.VOC2007(args.data_folder, s, transform), args) for s in ('trainval', 'test')}
 
 
 def features(args):
@@ -144,7 +105,7 @@ def main():
     if not util.is_main():  # features are gathered on every rank; rank 0 fits and reports
         return
     aps = svm_ap(f['trainval'], f['test'], args.cost, args.positive_weight)
-    for name, ap in zip(VOC_CLASSES, aps):
+    for name, ap in zip(datasets.VOC_CLASSES, aps):
         print(f'{name:>12} {ap:6.2f}')
     scored = [a for a in aps if a == a]
     if not scored:
@@ -154,7 +115,7 @@ def main():
           f'{len(f["test"][1])} test images)')
     path = os.path.join(args.features_dir, 'svm.json')
     with open(path, 'w') as fh:
-        json.dump({'mAP': mean, 'ap': dict(zip(VOC_CLASSES, aps)), 'cost': args.cost}, fh, indent=1)
+        json.dump({'mAP': mean, 'ap': dict(zip(datasets.VOC_CLASSES, aps)), 'cost': args.cost}, fh, indent=1)
     print(f'results written to {path}')
 
 

@@ -15,7 +15,6 @@ class). Features are cached per checkpoint file and dataset in --features_dir.
 import argparse
 import json
 import os
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
@@ -36,9 +35,6 @@ COLUMNS = ['food101', 'cifar10', 'cifar100', 'sun397', 'cars', 'aircraft', 'voc2
 TITLES = dict(zip(COLUMNS, ['Food101', 'CIFAR10', 'CIFAR100', 'SUN397', 'Cars', 'Aircraft', 'VOC2007', 'DTD', 'Pets',
                             'Caltech101', 'Flowers']))
 SCE_PUBLISHED = dict(zip(COLUMNS, [77.7, 94.8, 80.4, 65.3, 65.7, 59.6, 84.0, 77.1, 90.9, 92.7, 96.1]))
-VOC_CLASSES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
-               'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
-
 
 def parse_option():
     parser = argparse.ArgumentParser(description='logistic-regression transfer of a frozen trunk')
@@ -66,36 +62,6 @@ def parse_option():
 
 # ----------------------------------------------------------------------------- data
 
-class VOC2007(torch.utils.data.Dataset):
-    """VOCdevkit/VOC2007 image-level labels: 1 where the class has a non-difficult object, else 0
-    (an image whose objects of a class are all difficult counts as a negative for it)."""
-
-    def __init__(self, root, split, transform):
-        if os.path.isdir(os.path.join(root, 'VOCdevkit', 'VOC2007')):
-            root = os.path.join(root, 'VOCdevkit', 'VOC2007')
-        ids_file = os.path.join(root, 'ImageSets', 'Main', f'{split}.txt')
-        if not os.path.isfile(ids_file):
-            raise util.UserError(f'{ids_file} is missing: the VOC 2007 folder must hold ImageSets/Main/{split}.txt, '
-                                 f'Annotations/ and JPEGImages/ (VOCdevkit/VOC2007)')
-        self.root, self.transform = root, transform
-        self.ids = open(ids_file).read().split()
-        self.targets = torch.stack([self._labels(i) for i in self.ids])
-
-    def _labels(self, image_id):
-        y = torch.zeros(len(VOC_CLASSES), dtype=torch.long)
-        for obj in ET.parse(os.path.join(self.root, 'Annotations', f'{image_id}.xml')).findall('object'):
-            if obj.findtext('difficult', '0').strip() != '1':
-                y[VOC_CLASSES.index(obj.findtext('name').strip())] = 1
-        return y
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        img = datasets.load_image(os.path.join(self.root, 'JPEGImages', f'{self.ids[i]}.jpg'))
-        return self.transform(img), self.targets[i]
-
-
 def rgb(transform):
     return T.Compose([T.Lambda(lambda img: img.convert('RGB')), transform])
 
@@ -113,7 +79,7 @@ def splits(name, args, transform):
             return {s: tvd.ImageFolder(f(s), rgb(transform)) if os.path.isdir(f(s)) else None
                     for s in ('train', 'val', 'test')}
         if name == 'voc2007':
-            return {s: VOC2007(root, s, transform) for s in ('train', 'val', 'test')}
+            return {s: datasets.VOC2007(root, s, transform) for s in ('train', 'val', 'test')}
         if name in ('cifar10', 'cifar100'):
             cls = tvd.CIFAR10 if name == 'cifar10' else tvd.CIFAR100
             return {'train': tv(cls, train=True), 'val': None, 'test': tv(cls, train=False)}

@@ -1,6 +1,5 @@
 """The training loop's small helpers: the one-line error exit, meters and progress lines, the
 non-finite check, TensorBoard logging, mixed precision, seeds and process rank."""
-import os
 import random
 import sys
 import time

@@ -12,7 +12,6 @@ import os
 import sys
 
 import pytest
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import check_ok, load, make_image_folder, only_file, run_script  # noqa: E402

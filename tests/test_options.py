@@ -134,7 +134,6 @@ def test_every_option_takes_effect_or_is_refused(script, data, monkeypatch, tmp_
     base, error = parse(script, argv_of(script, data), monkeypatch)
     assert error is None, error
     base = vars(base)
-    module = importlib.import_module(script)
     parser_options = []
     captured = {}
     real_parse = options.parse

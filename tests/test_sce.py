@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 import main_sce
 import optim
-import util
 from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_ranks, run_script, step_losses
 from losses import MoCoLoss, SCELoss
 

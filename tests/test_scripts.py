@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import checkpoints
-import util
 from conftest import SMALL, check_ok, load, only_file, run_script
 from networks.resnet_big import SupConResNet
 

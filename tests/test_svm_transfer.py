@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
 import main_svm
 import main_transfer
 from networks.resnet_big import build_trunk
@@ -44,12 +45,12 @@ def ckpt(tmp_path_factory):
 
 
 def test_voc_labels_multilabel_and_difficult_only(tmp_path):
-    ds = main_svm.VOC2007(str(make_voc(tmp_path)), 'trainval', transform=None)
-    cls = main_svm.VOC_CLASSES.index
+    ds = datasets.VOC2007(str(make_voc(tmp_path)), 'trainval', transform=None)
+    cls = datasets.VOC_CLASSES.index
     y = ds.targets
     assert y[2, cls('cat')] == 1 and y[2, cls('dog')] == 1 and y[2].sum() == 2
     assert y[3, cls('chair')] == 0 and y[3, cls('cat')] == 1  # difficult-only chair: a negative
-    assert main_transfer.VOC2007(str(tmp_path), 'trainval', None).targets.equal(y)
+    assert datasets.VOC2007(str(tmp_path), 'trainval', None).targets.equal(y)  # the folder holding VOCdevkit
 
 
 def test_voc11_ap_and_mean_per_class_by_hand():

@@ -13,7 +13,6 @@ from PIL import Image
 
 import options
 import checkpoints
-import util
 import video_augment
 from datasets import SeededDataset
 from networks.resnet3d import BasicBlock3d, Bottleneck3d, ResNet3d, build_video_trunk
