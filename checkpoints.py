@@ -96,7 +96,10 @@ def load_checkpoint(path, what='--ckpt'):
     except Exception as e:  # any unreadable file is the user's to fix
         raise UserError(f'{what} {path} is not a checkpoint of this project ({type(e).__name__})')
     if not isinstance(ckpt, dict) or not {'method', 'args', 'model'} <= ckpt.keys():
-        return checkpoint_layouts.convert(ckpt)
+        try:
+            return checkpoint_layouts.convert(ckpt)
+        except UserError as e:
+            raise UserError(f'{what} {path} is not a checkpoint of this project, nor a published one: {e}')
     return ckpt
 
 

@@ -191,7 +191,7 @@ def test_convert_split_batchnorm_on_a_trunk():
     weight = trunk.bn1.weight
     converted = convert_split_batchnorm(trunk, 2)
     assert converted is trunk  # converted in place
-    bns = [m for m in trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and all(isinstance(m, SplitBatchNorm) and m.num_splits == 2 for m in bns)
     assert trunk.bn1.weight is weight  # shared parameters: optimiser references stay valid
     assert trunk.state_dict().keys() == keys
@@ -300,3 +300,18 @@ def test_mlp_head_bn():
     assert [type(m) for m in mlp_head(16, 32, 8, num_layers=1)] == [nn.Linear]
     with pytest.raises(ValueError):
         mlp_head(16, 32, 8, num_layers=0)
+
+
+@pytest.mark.parametrize('bn, shape', [(nn.BatchNorm1d, (8, 5)), (nn.BatchNorm2d, (8, 5, 3, 3)),
+                                       (nn.BatchNorm3d, (8, 5, 2, 3, 3))])
+def test_split_batchnorm_of_every_rank_equals_per_chunk_batchnorm(bn, shape):
+    # before the consolidation only BatchNorm2d was split: SCE's BatchNorm1d heads and the video
+    # trunks' BatchNorm3d kept whole-batch statistics under --bn_splits
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    split = convert_split_batchnorm(nn.Sequential(bn(5)), 4)[0].train()
+    assert isinstance(split, SplitBatchNorm)
+    refs = [bn(5).train() for _ in range(4)]
+    expected = torch.cat([ref(chunk) for ref, chunk in zip(refs, x.chunk(4))])
+    assert torch.allclose(split(x), expected, atol=1e-5)
+    assert torch.allclose(split.running_mean, torch.stack([r.running_mean for r in refs]).mean(0), atol=1e-6)
