@@ -132,18 +132,22 @@ def sce_transform(size, mean, std, scale=(0.2, 1.0), blur_p=0.5, solarize_p=0.0,
     ])
 
 
-def sce_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std):
-    """SCE's ImageNet views: the two global crops (blur p 1.0 / blur p 0.1 + solarize p 0.2),
-    then the local crops of the later groups (blur p 0.5, solarize p 0.2)."""
+def sce_crops(nmb_crops, size_crops, min_scale_crops, max_scale_crops):
+    """(size, scale range, blur p, solarize p) of each of SCE's ImageNet crops: the two global
+    crops (blur p 1.0 / blur p 0.1 + solarize p 0.2), then the local crops of the later groups
+    (blur p 0.5, solarize p 0.2)."""
     _check_crop_options(nmb_crops, size_crops, min_scale_crops, max_scale_crops)
     if nmb_crops[0] != 2:
         raise UserError(f'--nmb_crops: SCE takes exactly 2 global crops first, got {nmb_crops[0]}')
-    views = []
-    for g, (n, size, lo, hi) in enumerate(zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops)):
-        for c in range(n):
-            blur_p, solarize_p = ((1.0, 0.0), (0.1, 0.2))[c] if g == 0 else (0.5, 0.2)
-            views.append(sce_transform(size, mean, std, (lo, hi), blur_p, solarize_p))
-    return MultiViewTransform(views)
+    return [(size, (lo, hi), *(((1.0, 0.0), (0.1, 0.2))[c] if group == 0 else (0.5, 0.2)))
+            for group, (n, size, lo, hi) in enumerate(zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops))
+            for c in range(n)]
+
+
+def sce_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std):
+    """SCE's ImageNet views, one per sce_crops() entry."""
+    return MultiViewTransform([sce_transform(size, mean, std, scale, blur_p, solarize_p) for size, scale, blur_p,
+                               solarize_p in sce_crops(nmb_crops, size_crops, min_scale_crops, max_scale_crops)])
 
 
 def sce_cifar_views(size, mean, std):

@@ -22,26 +22,29 @@ _STEM = {'conv1': 'blocks.0.conv', 'bn1': 'blocks.0.norm'}
 _STEM_INV = {v: k for k, v in _STEM.items()}
 
 
+def _rename(name, stem, branch, block, new_block):
+    """`name` with its stem or block module renamed by the tables (block: a regex of stage, block
+    index and branch module; new_block: their format); None when neither applies."""
+    head, _, leaf = name.rpartition('.')
+    if head in stem:
+        return f'{stem[head]}.{leaf}'
+    m = re.fullmatch(block, head)
+    if not m or m.group(3) not in branch:
+        return None
+    return new_block.format(m.group(1), m.group(2), branch[m.group(3)]) + f'.{leaf}'
+
+
 def to_pytorchvideo(name):
     """Our R3D parameter name -> PyTorchVideo's (blocks.0 the stem, blocks.1-4 the stages)."""
-    head, _, leaf = name.rpartition('.')
-    if head in _STEM:
-        return f'{_STEM[head]}.{leaf}'
-    m = re.fullmatch(r'layer(\d)\.(\d+)\.(.+)', head)
-    if not m or m.group(3) not in _PV_BRANCH:
+    renamed = _rename(name, _STEM, _PV_BRANCH, r'layer(\d)\.(\d+)\.(.+)', 'blocks.{}.res_blocks.{}.{}')
+    if renamed is None:
         raise KeyError(name)
-    return f'blocks.{m.group(1)}.res_blocks.{m.group(2)}.{_PV_BRANCH[m.group(3)]}.{leaf}'
+    return renamed
 
 
 def from_pytorchvideo(name):
     """PyTorchVideo's name -> ours; None for what is not trunk (the head, blocks.5)."""
-    head, _, leaf = name.rpartition('.')
-    if head in _STEM_INV:
-        return f'{_STEM_INV[head]}.{leaf}'
-    m = re.fullmatch(r'blocks\.(\d)\.res_blocks\.(\d+)\.(.+)', head)
-    if not m or m.group(3) not in _PV_BRANCH_INV:
-        return None
-    return f'layer{m.group(1)}.{m.group(2)}.{_PV_BRANCH_INV[m.group(3)]}.{leaf}'
+    return _rename(name, _STEM_INV, _PV_BRANCH_INV, r'blocks\.(\d)\.res_blocks\.(\d+)\.(.+)', 'layer{}.{}.{}')
 
 
 def _strip(state, prefix):

@@ -9,7 +9,7 @@ import datasets
 import distributed
 import optim
 import util
-from evaluation import Validation
+from evaluation import Validation, test_checkpoint
 from video_datasets import VIDEO_DATASETS, video_dataset
 
 
@@ -71,15 +71,18 @@ def train(loader, model, optimizer, scaler, epoch, args):
 
         optim.step(optimizer, scaler, loss)
         # the global batch's loss and accuracy on every rank, as with one process
-        loss_acc = distributed.reduce_mean(torch.stack([loss.detach(), util.accuracy(logits.detach(), labels)[0]]))
-        progress.step(idx, len(labels), loss=loss_acc[0], train_acc=loss_acc[1])
+        progress.step(idx, len(labels), loss=loss, train_acc=util.accuracy(logits.detach(), labels)[0])
     return progress.end()
 
 
 def fit(model, saved, method, train_loader, val_loader, ckpt, args):
     """The run: resume `ckpt`, then each epoch train `model`, validate every --val_freq epochs, log,
     and save `saved` (what the checkpoints hold: the model, or main_linear's probe with its trunk),
-    best.pth at the best validation top-1; finally print the best accuracy."""
+    best.pth at the best validation top-1; finally print the best accuracy. With --test, only
+    evaluate `saved` (loaded from --ckpt) on the validation split."""
+    if args.test:
+        test_checkpoint(saved, val_loader, args)
+        return
     optimizer = optim.build_optimizer([p for p in model.parameters() if p.requires_grad], args)
     scaler = util.grad_scaler(args)
     start_epoch = checkpoints.restore(ckpt, args, saved, optimizer, scaler, method)

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import checkpoints
 import util
+from networks.momentum import AnyRankBatchNorm
 from util import UserError, world_size
 
 
@@ -149,22 +150,9 @@ def broadcast_from_rank0(module):
     return module
 
 
-def reduce_mean(x):
-    """Mean of a tensor over ranks (for logging)."""
-    if world_size() == 1:
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / world_size()
-
-
-class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+class _GlobalBatchNorm(AnyRankBatchNorm):
     """SyncBatchNorm for CPU processes (gloo), where nn.SyncBatchNorm has no kernel: batch
     statistics are summed over ranks with an autograd-aware all_reduce."""
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
 
     def forward(self, x):
         if not self.training:

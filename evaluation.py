@@ -116,6 +116,34 @@ def extract_features(trunk, loader, args, normalize=True):
     return feats, labels
 
 
+def checkpoint_file_key(path):
+    """What tells a checkpoint file's contents apart, for feature caches: its path, size and time
+    (last.pth is rewritten every epoch)."""
+    stat = os.stat(path)
+    return {'ckpt': os.path.abspath(path), 'ckpt_bytes': stat.st_size, 'ckpt_mtime_ns': stat.st_mtime_ns}
+
+
+def cached_features(path, key, extract):
+    """extract()'s {split: (features, labels) as numpy, or None}, read from `path` when it was written
+    there for the same `key` (a dict of plain values), else extracted and written there by rank 0."""
+    if os.path.isfile(path):
+        try:
+            cached = torch.load(path, weights_only=True)
+            if cached['key'] == key:
+                print(f'features read from {path}')
+                return {s: None if f is None else tuple(t.numpy() for t in f) for s, f in cached['features'].items()}
+        except Exception:
+            print(f'note: the feature cache {path} is unreadable: extracting again')
+    out = extract()
+    if is_main():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f'{path}.tmp{os.getpid()}'
+        torch.save({'key': key, 'features': {s: None if f is None else [torch.from_numpy(a) for a in f]
+                                             for s, f in out.items()}}, tmp)
+        os.replace(tmp, path)
+    return out
+
+
 def knn_vote(sim, neighbour_labels, num_classes, t):
     """Weighted kNN vote (Wu et al. 2018): each neighbour (a column of sim / neighbour_labels
     [n, k]) votes for its class with weight exp(sim / t). Returns the winning classes."""

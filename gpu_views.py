@@ -9,8 +9,8 @@ import math
 import torch
 from torchvision.transforms.v2 import functional as TF2
 
+import augment
 import gpu_augment as ga
-from util import UserError
 
 
 # ----------------------------------------------------------------------------- SCE, images
@@ -21,17 +21,10 @@ SCE_JITTER = (0.4, 0.4, 0.2, 0.1)  # augment.sce_transform's default (BYOL's)
 def sce_device_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std):
     """augment.sce_views on the device: two global crops (blur p 1.0 / blur p 0.1 + solarize p 0.2),
     then the local crops (blur p 0.5, solarize p 0.2); jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2."""
-    if not (len(nmb_crops) == len(size_crops) == len(min_scale_crops) == len(max_scale_crops)):
-        raise UserError('--nmb_crops, --size_crops, --min_scale_crops, --max_scale_crops need one value per crop group')
-    if nmb_crops[0] != 2:
-        raise UserError(f'--nmb_crops: SCE takes exactly 2 global crops first, got {nmb_crops[0]}')
-    views = []
-    for group, (n, size, lo, hi) in enumerate(zip(nmb_crops, size_crops, min_scale_crops, max_scale_crops)):
-        for c in range(n):
-            blur_p, solarize_p = ((1.0, 0.0), (0.1, 0.2))[c] if group == 0 else (0.5, 0.2)
-            views.append(ga.BatchView(size, mean, std, scale=(lo, hi), jitter=SCE_JITTER, gray_p=0.2,
-                                      blur_p=blur_p, solarize_p=solarize_p))
-    return views
+    return [ga.BatchView(size, mean, std, scale=scale, jitter=SCE_JITTER, gray_p=0.2, blur_p=blur_p,
+                         solarize_p=solarize_p)
+            for size, scale, blur_p, solarize_p in augment.sce_crops(nmb_crops, size_crops, min_scale_crops,
+                                                                     max_scale_crops)]
 
 
 def sce_cifar_device_views(size, mean, std):

@@ -67,6 +67,21 @@ def _check_rows(name, t, dim=None):
         raise ValueError(f'{name} must be [rows, {dim if dim is not None else "D"}], got {list(t.shape)}')
 
 
+def _queries_keys_queue(q, k, queue):
+    """Checked shapes (one key per query); at least float32, keys and queue detached."""
+    _check_rows('q', q)
+    _check_rows('k', k, q.shape[1])
+    _check_rows('queue', queue, q.shape[1])
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f'{k.shape[0]} keys for {q.shape[0]} queries')
+    return _at_least_float32(q, k.detach(), queue.detach())
+
+
+def _key_queue_logits(q, k, queue, temperature):
+    """[q.k, q.queue] / temperature: each query's own key at index 0, the queue after it."""
+    return torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / temperature
+
+
 class MoCoLoss(nn.Module):
     """MoCo's InfoNCE (He et al. 2020): the own key k at index 0 is the positive, the queue's rows the negatives."""
 
@@ -76,14 +91,9 @@ class MoCoLoss(nn.Module):
 
     def forward(self, q, k, queue):
         """q [N, D], k [N, D], queue [K, D], all rows L2-normalised. Keys and queue get no gradient."""
-        _check_rows('q', q)
-        _check_rows('k', k, q.shape[1])
-        _check_rows('queue', queue, q.shape[1])
-        if k.shape[0] != q.shape[0]:
-            raise ValueError(f'{k.shape[0]} keys for {q.shape[0]} queries')
-        q, k, queue = _at_least_float32(q, k.detach(), queue.detach())
+        q, k, queue = _queries_keys_queue(q, k, queue)
         with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
-            logits = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / self.temperature
+            logits = _key_queue_logits(q, k, queue, self.temperature)
         labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         return F.cross_entropy(logits, labels)
 
@@ -105,14 +115,9 @@ class SCELoss(nn.Module):
 
     def forward(self, q, k, queue):
         """q [N, D], k [N, D], queue [K, D], all rows L2-normalised. Keys and queue get no gradient."""
-        _check_rows('q', q)
-        _check_rows('k', k, q.shape[1])
-        _check_rows('queue', queue, q.shape[1])
-        if k.shape[0] != q.shape[0]:
-            raise ValueError(f'{k.shape[0]} keys for {q.shape[0]} queries')
-        q, k, queue = _at_least_float32(q, k.detach(), queue.detach())
+        q, k, queue = _queries_keys_queue(q, k, queue)
         with torch.autocast(q.device.type, enabled=False):  # AMP would run these products in half precision
-            logits_q = torch.cat([(q * k).sum(dim=1, keepdim=True), q @ queue.T], dim=1) / self.temperature
+            logits_q = _key_queue_logits(q, k, queue, self.temperature)
             sim_k = torch.cat([torch.zeros_like(k[:, :1]), k @ queue.T], dim=1)
             target = (1 - self.coeff) * F.softmax(sim_k / self.temperature_m, dim=1)
             target[:, 0] += self.coeff

@@ -20,7 +20,6 @@ import distributed
 import options
 import util
 import video_augment
-from evaluation import test_checkpoint
 from networks.resnet_big import SupCEResNet
 from video_datasets import VIDEO_DATASETS
 
@@ -89,9 +88,6 @@ def main():
     ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
     model = set_model(args)
-    if args.test:
-        test_checkpoint(model, val_loader, args)
-        return
     classifier.fit(model, model, 'SupCE', train_loader, val_loader, ckpt, args)
 
 

@@ -12,13 +12,12 @@ retrieve the candidates its weak view retrieves.
 import torch
 
 import augment
-import checkpoints
 import datasets
 import distributed
 import optim
 import options
+import pretraining
 import util
-from evaluation import KNNMonitor
 from losses import BatchKeysMoCoLoss, CLSALoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import MomentumEncoder, Queue, convert_split_batchnorm, shuffled_forward
@@ -170,31 +169,23 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args
         optim.step(optimizer, scaler, loss)
         queue.enqueue(keys)
 
-        # the mean over ranks: every rank prints the same, and a non-finite loss anywhere stops all
-        mean_loss, mean_divergence = distributed.reduce_mean(torch.stack([loss.detach(), divergence.detach()]))
-        progress.step(idx, bsz, loss=mean_loss, ddm_loss=mean_divergence)
+        progress.step(idx, bsz, loss=loss, ddm_loss=divergence)
     return progress.end()
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
+    model, momentum_encoder, queue = set_model(args)  # before the data, as MoCo's and CLSA's code do
     loader, knn_loaders = set_loader(args)
-    model, momentum_encoder, queue = set_model(args)
     optimizer = optim.build_optimizer(model.parameters(), args)
-    scaler = util.grad_scaler(args)
-    state = {'momentum_encoder': momentum_encoder, 'queue': queue}
-    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'CLSA', state)
-    logger = util.Logger(args.tb_folder, args)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
+    run = pretraining.Run(args, ckpt, 'CLSA', model, optimizer, knn_loaders,
+                          state={'momentum_encoder': momentum_encoder, 'queue': queue})
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in run.epochs():
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args)
-        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'], momentum=args.moco_m)
-        knn(epoch)
-        checkpoints.save_epoch(args, epoch, method='CLSA', model=model, optimizer=optimizer, scaler=scaler,
-                               state=state)
+        progress = train(loader, model, momentum_encoder, queue, optimizer, run.scaler, epoch, args)
+        run.end_epoch(epoch, progress, momentum=args.moco_m)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,6 @@ import distributed
 import options
 import util
 import video_augment
-from evaluation import test_checkpoint
 from networks.resnet_big import LinearClassifier
 from video_datasets import VIDEO_DATASETS
 
@@ -132,9 +131,6 @@ def main():
     ckpt = distributed.start(args)
     train_loader, val_loader = set_loader(args)
     probe, model = set_model(args)
-    if args.test:
-        test_checkpoint(probe, val_loader, args)
-        return
     classifier.fit(model, probe, 'Linear', train_loader, val_loader, ckpt, args)
 
 

@@ -12,14 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import augment
-import checkpoints
 import datasets
 import distributed
 import gpu_augment
 import optim
 import options
+import pretraining
 import util
-from evaluation import KNNMonitor
 from losses import KNNLoss, MoCoLoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import MomentumEncoder, Queue, convert_split_batchnorm, shuffled_forward
@@ -196,30 +195,23 @@ def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, sca
         queue.enqueue(distributed.gather(k.float()))
         if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
             queue_backbone.enqueue(distributed.gather(F.normalize(k_trunk.float(), dim=1)))
-        # the mean over ranks: every rank prints the same, and a non-finite loss anywhere stops all
-        progress.step(idx, bsz, loss=distributed.reduce_mean(loss.detach()))
+        progress.step(idx, bsz, loss=loss)
     return progress.end()
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
+    model, momentum_encoder, queue, queue_backbone = set_model(args)  # before the data, as MoCo's code does
     loader, knn_loaders = set_loader(args)
-    model, momentum_encoder, queue, queue_backbone = set_model(args)
     optimizer = optim.build_optimizer(model.parameters(), args)
-    scaler = util.grad_scaler(args)
     state = {'momentum_encoder': momentum_encoder, 'queue': queue, 'queue_backbone': queue_backbone}
-    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'MoCo', state)
-    logger = util.Logger(args.tb_folder, args)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
+    run = pretraining.Run(args, ckpt, 'MoCo', model, optimizer, knn_loaders, state)
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in run.epochs():
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, epoch, args)
-        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'], momentum=args.moco_m)
-        knn(epoch)
-        checkpoints.save_epoch(args, epoch, method='MoCo', model=model, optimizer=optimizer, scaler=scaler,
-                               state=state)
+        progress = train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, run.scaler, epoch, args)
+        run.end_epoch(epoch, progress, momentum=args.moco_m)
 
 
 if __name__ == '__main__':

@@ -29,7 +29,7 @@ import datasets
 import distributed
 import options
 import util
-from evaluation import extract_features, knn_accuracies, recall_at_k
+from evaluation import checkpoint_file_key, extract_features, knn_accuracies, recall_at_k
 from video_datasets import VIDEO_DATASETS
 
 FEATURE_FILES = ('train_features', 'train_labels', 'val_features', 'val_labels')
@@ -38,17 +38,10 @@ FIGURE_TYPES = ('.png', '.pdf', '.svg', '.jpg')
 
 def parse_option():
     parser = options.parser("kNN classification, retrieval and t-SNE of a checkpoint's trunk")
-    parser.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated')
+    options.add_extraction_options(parser, 'features_<ckpt name>_<dataset>_<size>/')
     options.add_data_options(parser)
     parser.set_defaults(dataset=None, size=None)  # None: the checkpoint's dataset, folders, statistics, size
     options.add_video_options(parser, num_frames=None)
-
-    g = parser.add_argument_group('extraction')
-    g.add_argument('--batch_size', type=int, default=256, help='global batch size of the extraction')
-    g.add_argument('--num_workers', '--workers', '-j', type=int, default=16, help='data-loading workers per process')
-    g.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
-    g.add_argument('--features_dir', type=str, default=None,
-                   help='where features are cached (default: features_<ckpt>_<dataset>_<size>/ next to the checkpoint)')
 
     g = parser.add_argument_group('evaluation')
     g.add_argument('--knn_k', type=int, nargs='+', default=[10, 20, 100, 200], help='neighbours of the kNN vote')
@@ -59,7 +52,7 @@ def parse_option():
     g.add_argument('--tsne_samples', type=int, default=2000, help='query features drawn for the t-SNE')
     args, given = options.parse(parser)
 
-    for name in ('batch_size', 'size', 'knn_k', 'knn_t', 'recall_k', 'tsne_samples'):
+    for name in ('size', 'knn_k', 'knn_t', 'recall_k', 'tsne_samples'):
         values = getattr(args, name)
         if values is not None and min(values if isinstance(values, list) else [values]) <= 0:
             raise util.UserError(f'--{name} must be positive, got {values}')
@@ -86,21 +79,15 @@ def parse_option():
         options.check_video_options(args)
     if args.size is None:
         args.size = saved['size']
-    if args.features_dir is None:
-        name = os.path.splitext(os.path.basename(args.ckpt))[0]
-        args.features_dir = os.path.join(os.path.dirname(args.ckpt), f'features_{name}_{args.dataset}_{args.size}')
-    args.syncBN = False  # read by the distributed set-up; nothing is trained here
-    args.batch_size_val = args.batch_size
+    options.finish_extraction_options(args, f'features_{{name}}_{args.dataset}_{args.size}')
     return args
 
 
 def feature_key(args):
     """What the features depend on: the checkpoint file and the data. Cached features are reused
     only when all of it is unchanged (last.pth is rewritten every epoch: size and time tell)."""
-    stat = os.stat(args.ckpt)
     folder = lambda path: os.path.abspath(path) if path else None
-    key = {'ckpt': os.path.abspath(args.ckpt), 'ckpt_bytes': stat.st_size, 'ckpt_mtime_ns': stat.st_mtime_ns,
-           'epoch': args.pretrained['epoch'], 'dataset': args.dataset, 'data_folder': folder(args.data_folder),
+    key = {**checkpoint_file_key(args.ckpt), 'epoch': args.pretrained['epoch'], 'dataset': args.dataset, 'data_folder': folder(args.data_folder),
            'test_folder': folder(args.test_folder), 'size': args.size, 'mean': args.mean, 'std': args.std}
     if args.dataset in VIDEO_DATASETS:
         key.update({name: getattr(args, name) for name in ('num_frames', 'clip_duration', 'test_clips', 'test_crops',

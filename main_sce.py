@@ -26,14 +26,13 @@ import argparse
 import torch
 
 import augment
-import checkpoints
 import datasets
 import distributed
 import optim
 import options
+import pretraining
 import util
 import video_augment
-from evaluation import KNNMonitor
 from losses import SCELoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import (MomentumEncoder, Queue, convert_split_batchnorm, cosine_momentum,
@@ -252,7 +251,7 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args
         # after the optimiser step, as released
         momentum_encoder.update(util.unwrap(model), momentum_at(args, (epoch - 1) * steps + idx, args.epochs * steps))
         queue.enqueue(torch.cat([distributed.gather(k.float()) for k in keys]))
-        progress.step(idx, bsz, loss=distributed.reduce_mean(loss.detach()))
+        progress.step(idx, bsz, loss=loss)
     return progress.end()
 
 
@@ -262,24 +261,17 @@ def main():
     loader, knn_loaders = set_loader(args)
     model, momentum_encoder, queue = set_model(args)
     optimizer = optim.build_optimizer(model.parameters(), args, kind=args.optimizer)
-    scaler = util.grad_scaler(args)
-    state = {'momentum_encoder': momentum_encoder, 'queue': queue}
-    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, 'SCE', state)
-    logger = util.Logger(args.tb_folder, args)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
+    run = pretraining.Run(args, ckpt, 'SCE', model, optimizer, knn_loaders,
+                          state={'momentum_encoder': momentum_encoder, 'queue': queue})
     steps = len(loader)
     if util.is_main():
         print(f'recipe {args.recipe}: {args.optimizer} lr {args.scaled_lr:g} (= {args.learning_rate} x '
               f'{args.batch_size} / 256), {steps} steps per epoch')
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in run.epochs():
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args)
-        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'],
-                     momentum=momentum_at(args, epoch * steps - 1, args.epochs * steps))
-        knn(epoch)
-        checkpoints.save_epoch(args, epoch, method='SCE', model=model, optimizer=optimizer, scaler=scaler,
-                               state=state)
+        progress = train(loader, model, momentum_encoder, queue, optimizer, run.scaler, epoch, args)
+        run.end_epoch(epoch, progress, momentum=momentum_at(args, epoch * steps - 1, args.epochs * steps))
 
 
 if __name__ == '__main__':

@@ -6,14 +6,13 @@
 import torch
 
 import augment
-import checkpoints
 import datasets
 import distributed
 import gpu_augment
 import optim
 import options
+import pretraining
 import util
-from evaluation import KNNMonitor
 from losses import SupConLoss
 from networks.resnet_big import SupConResNet
 
@@ -90,17 +89,12 @@ def main():
     loader, knn_loaders = set_loader(args)
     model, criterion = set_model(args)
     optimizer = optim.build_optimizer(model.parameters(), args)
-    scaler = util.grad_scaler(args)
-    start_epoch = checkpoints.restore(ckpt, args, model, optimizer, scaler, args.method)
-    logger = util.Logger(args.tb_folder, args)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
+    run = pretraining.Run(args, ckpt, args.method, model, optimizer, knn_loaders)
 
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in run.epochs():
         loader.sampler.set_epoch(epoch)
-        progress = train(loader, model, criterion, optimizer, scaler, epoch, args)
-        logger.epoch(epoch, progress, learning_rate=optimizer.param_groups[0]['lr'])
-        knn(epoch)
-        checkpoints.save_epoch(args, epoch, method=args.method, model=model, optimizer=optimizer, scaler=scaler)
+        progress = train(loader, model, criterion, optimizer, run.scaler, epoch, args)
+        run.end_epoch(epoch, progress)
 
 
 if __name__ == '__main__':

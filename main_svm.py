@@ -8,77 +8,54 @@ hinge, --cost 0.5, positive class weight 2) trained on trainval, scored on test 
 average precision; the mean over the 20 classes is reported. An image whose objects of a class are
 all 'difficult' is a negative for that class. Features are cached in --features_dir.
 """
-import argparse
 import json
 import os
 
 import numpy as np
-import torch
 import torchvision.transforms as T
 
 import checkpoints
 import datasets
 import distributed
+import options
 import util
-from evaluation import extract_features
+from evaluation import cached_features, checkpoint_file_key, extract_features
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='VOC07 linear SVM of a frozen trunk')
-    parser.add_argument('--ckpt', required=True, help='checkpoint of this project or a published one')
-    parser.add_argument('--data_folder', required=True, help='VOCdevkit/VOC2007 (or the folder holding VOCdevkit)')
-    parser.add_argument('--size', type=int, default=224, help='centre crop; images are first resized to size * 8/7')
-    parser.add_argument('--cost', type=float, default=0.5, help='SVM cost C')
-    parser.add_argument('--positive_weight', type=float, default=2.0, help='class weight of the positives')
-    parser.add_argument('--batch_size', type=int, default=256)
-    parser.add_argument('--num_workers', type=int, default=8)
-    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none')
-    parser.add_argument('--features_dir', default=None, help='default: svm_<ckpt name>/ next to the checkpoint')
-    args = parser.parse_args()
-    if min(args.size, args.batch_size, args.cost, args.positive_weight) <= 0 or args.num_workers < 0:
-        raise util.UserError('--size, --batch_size, --cost and --positive_weight must be positive')
-    if args.features_dir is None:
-        name = os.path.splitext(os.path.basename(args.ckpt))[0]
-        args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f'svm_{name}')
-    args.syncBN, args.batch_size_val = False, args.batch_size
+    parser = options.parser('VOC07 linear SVM of a frozen trunk')
+    options.add_extraction_options(parser, 'svm_<ckpt name>/', num_workers=8)
+    g = parser.add_argument_group('data and SVM')
+    g.add_argument('--data_folder', required=True, help='VOCdevkit/VOC2007 (or the folder holding VOCdevkit)')
+    g.add_argument('--size', type=int, default=224, help='centre crop; images are first resized to size * 8/7')
+    g.add_argument('--cost', type=float, default=0.5, help='SVM cost C')
+    g.add_argument('--positive_weight', type=float, default=2.0, help='class weight of the positives')
+    args, given = options.parse(parser)
+    if min(args.size, args.cost, args.positive_weight) <= 0:
+        raise util.UserError('--size, --cost and --positive_weight must be positive')
+    options.finish_extraction_options(args, 'svm_{name}')
     return args
 
 
 def set_loader(args):
     transform = T.Compose([T.Resize(round(args.size * 256 / 224)), T.CenterCrop(args.size), T.ToTensor(),
-                           T.Normalize(*IMAGENET)])
+                           T.Normalize(*datasets.MEAN_STD['imagenet'])])
     return {s: datasets.eval_loader(datasets.VOC2007(args.data_folder, s, transform), args) for s in ('trainval', 'test')}
 
 
 def features(args):
     """{split: (L2-normalised features, labels [N, 20])} as numpy, cached per checkpoint file and data."""
-    stat = os.stat(args.ckpt)
-    key = {'ckpt': os.path.abspath(args.ckpt), 'bytes': stat.st_size, 'mtime_ns': stat.st_mtime_ns,
-           'data': os.path.abspath(args.data_folder), 'size': args.size}
-    path = os.path.join(args.features_dir, f'voc2007_{args.size}.pth')
-    if os.path.isfile(path):
-        try:
-            cached = torch.load(path, weights_only=False)
-            if cached['key'] == key:
-                print(f'features read from {path}')
-                return cached['features']
-        except Exception:
-            print(f'note: the feature cache {path} is unreadable: extracting again')
-    loaders = set_loader(args)
-    trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
-    out = {}
-    for split, loader in loaders.items():
-        f, y = extract_features(trunk, loader, args, normalize=True)
-        out[split] = (f.cpu().numpy(), y.cpu().numpy())
-    if not util.is_main():
+    key = {**checkpoint_file_key(args.ckpt), 'data': os.path.abspath(args.data_folder), 'size': args.size}
+
+    def extract():
+        trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)
+        out = {}
+        for split, loader in set_loader(args).items():
+            f, y = extract_features(trunk, loader, args, normalize=True)
+            out[split] = (f.cpu().numpy(), y.cpu().numpy())
         return out
-    os.makedirs(args.features_dir, exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    torch.save({'key': key, 'features': out}, tmp)
-    os.replace(tmp, path)
-    return out
+    return cached_features(os.path.join(args.features_dir, f'voc2007_{args.size}.pth'), key, extract)
 
 
 def svm_ap(train, test, cost=0.5, positive_weight=2.0):

@@ -12,7 +12,6 @@ else a seeded 20 % of train) is refitted on train + val and scored on test: top-
 accuracy (aircraft, caltech101, flowers, pets) or 11-point mAP (voc2007, one binary regression per
 class). Features are cached per checkpoint file and dataset in --features_dir.
 """
-import argparse
 import json
 import os
 
@@ -24,10 +23,10 @@ import torchvision.transforms as T
 import checkpoints
 import datasets
 import distributed
+import options
 import util
-from evaluation import extract_features
+from evaluation import cached_features, checkpoint_file_key, extract_features
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MEAN_PER_CLASS = {'aircraft', 'caltech101', 'flowers', 'pets'}
 # The SCE README's transfer row (ResNet-50, multi-crop checkpoint), and its columns' order.
 COLUMNS = ['food101', 'cifar10', 'cifar100', 'sun397', 'cars', 'aircraft', 'voc2007', 'dtd', 'pets', 'caltech101',
@@ -37,26 +36,25 @@ TITLES = dict(zip(COLUMNS, ['Food101', 'CIFAR10', 'CIFAR100', 'SUN397', 'Cars', 
 SCE_PUBLISHED = dict(zip(COLUMNS, [77.7, 94.8, 80.4, 65.3, 65.7, 59.6, 84.0, 77.1, 90.9, 92.7, 96.1]))
 
 def parse_option():
-    parser = argparse.ArgumentParser(description='logistic-regression transfer of a frozen trunk')
-    parser.add_argument('--ckpt', required=True, help='checkpoint of this project or a published one')
-    parser.add_argument('--datasets', nargs='+', required=True, choices=COLUMNS + ['folder'])
-    parser.add_argument('--data_root', default='./datasets', help='folder holding the torchvision datasets')
-    parser.add_argument('--data_folder', default=None, help='--datasets folder: DIR with train/ (val/) test/')
-    parser.add_argument('--size', type=int, default=224)
-    parser.add_argument('--batch_size', type=int, default=256)
-    parser.add_argument('--num_workers', type=int, default=8)
-    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the 20 %% validation split')
-    parser.add_argument('--features_dir', default=None, help='default: transfer_<ckpt name>/ next to the checkpoint')
-    args = parser.parse_args()
-    if min(args.size, args.batch_size) <= 0 or args.num_workers < 0:
-        raise util.UserError('--size and --batch_size must be positive, --num_workers not negative')
+    parser = options.parser('logistic-regression transfer of a frozen trunk')
+    options.add_extraction_options(parser, 'transfer_<ckpt name>/', num_workers=8)
+    g = parser.add_argument_group('data and regression')
+    g.add_argument('--datasets', nargs='+', required=True, choices=COLUMNS + ['folder'], help='datasets to transfer to')
+    g.add_argument('--data_root', default='./datasets', help='folder holding the torchvision datasets')
+    g.add_argument('--data_folder', default=None, help='--datasets folder: DIR with train/ (val/) test/')
+    g.add_argument('--size', type=int, default=224, help='resize (bicubic) and centre crop')
+    g.add_argument('--seed', type=int, default=0, help='seed of the 20 %% validation split and of the SUN397 and '
+                                                       'Caltech-101 splits')
+    args, given = options.parse(parser)
+    if args.size <= 0:
+        raise util.UserError(f'--size must be positive, got {args.size}')
     if 'folder' in args.datasets and not args.data_folder:
         raise util.UserError('--datasets folder needs --data_folder DIR holding train/ and test/')
-    if args.features_dir is None:
-        name = os.path.splitext(os.path.basename(args.ckpt))[0]
-        args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), f'transfer_{name}')
-    args.syncBN, args.batch_size_val = False, args.batch_size
+    if 'folder' not in args.datasets:
+        options.refuse(given, ('data_folder',), 'it is the folder of --datasets folder')
+    if args.datasets == ['folder']:
+        options.refuse(given, ('data_root',), 'it holds the torchvision datasets; --datasets folder reads --data_folder')
+    options.finish_extraction_options(args, 'transfer_{name}')
     return args
 
 
@@ -68,7 +66,7 @@ def rgb(transform):
 
 def splits(name, args, transform):
     """{'train', 'val' (None: carve 20 % of train), 'test'} datasets of one name."""
-    root = args.data_root
+    root = None if name == 'folder' else args.data_root
     tv = lambda cls, **kw: cls(root, transform=rgb(transform), download=False, **kw)
     try:
         if name == 'folder':
@@ -119,36 +117,21 @@ class Labelled(torch.utils.data.Dataset):
 
 def features_of(name, trunk, args):
     """{split: (features [N, D], labels)} as numpy; cached per checkpoint file, dataset and size."""
-    stat = os.stat(args.ckpt)
-    key = {'ckpt': os.path.abspath(args.ckpt), 'bytes': stat.st_size, 'mtime_ns': stat.st_mtime_ns, 'size': args.size,
-           'seed': args.seed, 'folder': os.path.abspath(args.data_folder) if name == 'folder' else args.data_root}
-    path = os.path.join(args.features_dir, f'{name}_{args.size}.pth')
-    if os.path.isfile(path):
-        try:
-            cached = torch.load(path, weights_only=False)
-            if cached['key'] == key:
-                print(f'{name}: features read from {path}')
-                return cached['features']
-        except Exception:
-            print(f'note: the feature cache {path} is unreadable: extracting again')
+    key = {**checkpoint_file_key(args.ckpt), 'size': args.size, 'seed': args.seed,
+           'folder': os.path.abspath(args.data_folder) if name == 'folder' else os.path.abspath(args.data_root)}
     transform = T.Compose([T.Resize(args.size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(args.size),
-                           T.ToTensor(), T.Normalize(*IMAGENET)])
-    out = {}
-    for split, ds in splits(name, args, transform).items():
-        if ds is None:
-            out[split] = None
-            continue
-        if len(ds) == 0:
-            raise util.UserError(f'{name}: the {split} split is empty')
-        f, y = extract_features(trunk, datasets.eval_loader(ds, args), args, normalize=False)
-        out[split] = (f.cpu().numpy(), y.cpu().numpy())
-    if not util.is_main():
+                           T.ToTensor(), T.Normalize(*datasets.MEAN_STD['imagenet'])])
+
+    def extract():
+        out = {}
+        for split, ds in splits(name, args, transform).items():
+            if ds is not None and len(ds) == 0:
+                raise util.UserError(f'{name}: the {split} split is empty')
+            if ds is not None:
+                f, y = extract_features(trunk, datasets.eval_loader(ds, args), args, normalize=False)
+            out[split] = None if ds is None else (f.cpu().numpy(), y.cpu().numpy())
         return out
-    os.makedirs(args.features_dir, exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    torch.save({'key': key, 'features': out}, tmp)
-    os.replace(tmp, path)
-    return out
+    return cached_features(os.path.join(args.features_dir, f'{name}_{args.size}.pth'), key, extract)
 
 
 # ----------------------------------------------------------------------------- metrics, regression

@@ -207,6 +207,34 @@ def add_knn_options(parser):
                    help='batch size of feature extraction (default: --batch_size)')
 
 
+def add_extraction_options(parser, features_dir, num_workers=16):
+    """Options of the scripts that evaluate a frozen trunk's features (main_retrieval, main_svm,
+    main_transfer); `features_dir`: the cache folder's default, in words."""
+    g = parser.add_argument_group('extraction')
+    g.add_argument('--ckpt', type=str, required=True, help='checkpoint whose trunk is evaluated (ours or a '
+                                                              'published one)')
+    g.add_argument('--batch_size', type=int, default=256, help='global batch size of the extraction')
+    g.add_argument('--num_workers', '--workers', '-j', type=int, default=num_workers,
+                   help='data-loading workers per process')
+    g.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
+    g.add_argument('--features_dir', type=str, default=None,
+                   help=f'where features are cached (default: {features_dir} next to the checkpoint)')
+    return g
+
+
+def finish_extraction_options(args, features_dir):
+    """Checks and derives what add_extraction_options declared; `features_dir`: the cache folder's
+    default name, a format of {name} (the checkpoint file's name without extension)."""
+    if args.batch_size <= 0 or args.num_workers < 0:
+        raise UserError(f'--batch_size must be positive and --num_workers not negative, got {args.batch_size} '
+                        f'and {args.num_workers}')
+    if args.features_dir is None:
+        name = os.path.splitext(os.path.basename(args.ckpt))[0]
+        args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), features_dir.format(name=name))
+    args.syncBN = False  # read by the distributed set-up; nothing is trained here
+    args.batch_size_val = args.batch_size
+
+
 def add_classifier_options(parser):
     """Options of the scripts that train a classifier (main_linear.py, main_ce.py): SCE's per-step
     schedule, how often to validate, and the separate test of a finished run."""

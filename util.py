@@ -109,8 +109,13 @@ class EpochProgress:
         self.data_time.update(self._lap())
 
     def step(self, idx, n, **values):
-        """Step idx (from 0) is done: n samples on this process; values (the mean over ranks, 'loss'
-        first) are averaged weighted by n."""
+        """Step idx (from 0) is done: n samples on this process; values: this process's scalar
+        tensors, 'loss' first. Their mean over ranks is what every rank averages (weighted by n),
+        prints and guards, so a non-finite loss on any rank stops all of them at the same step."""
+        if world_size() > 1:
+            mean = torch.stack([v.detach().float() for v in values.values()])
+            dist.all_reduce(mean)
+            values = dict(zip(values, mean / world_size()))
         self.guard.update(values['loss'], idx + 1)
         for name, value in values.items():
             self.meters.setdefault(name, AverageMeter()).update(value, n)

@@ -124,7 +124,16 @@ def shuffled_forward(encoder, x):
     return unshuffle(out)
 
 
-class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
+class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over (N, C, ...) of any rank, for the split and the CPU-synchronised variants that
+    replace every BatchNorm1d/2d/3d of a model."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
+
+
+class SplitBatchNorm(AnyRankBatchNorm):
     """BatchNorm (of any input rank: heads' 1-D, images' 2-D, clips' 3-D) whose training statistics
     are computed separately on `num_splits` equal chunks of the batch: one device emulating BN on
     num_splits devices (the MoCo authors' trick, used with a shuffle so that a key's statistics do
@@ -137,10 +146,6 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         if num_splits < 1:
             raise ValueError(f'num_splits must be >= 1, got {num_splits}')
         self.num_splits = num_splits
-
-    def _check_input_dim(self, x):
-        if x.dim() < 2:
-            raise ValueError(f'expected at least 2-D input, got {x.dim()}-D')
 
     def forward(self, x):
         if not self.training:

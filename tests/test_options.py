@@ -52,6 +52,9 @@ BASE = {
     'main_clsa': PATH + SMALL + ['--batch_size', '8', '--epochs', '1', '--moco_k', '32', '--nmb_crops', '1', '1',
                                  '--size_crops', '32', '16', '--min_scale_crops', '0.2', '0.1', '--max_scale_crops',
                                  '1', '0.5'],
+    'main_svm': ['--ckpt', '{ckpt}', '--data_folder', '{voc}', '--size', '32', '--num_workers', '0'],
+    'main_transfer': ['--ckpt', '{ckpt}', '--datasets', 'folder', '--data_folder', '{folder}', '--size', '32',
+                      '--num_workers', '0'],
     'main_retrieval': ['--ckpt', '{ckpt}', '--dataset', 'path', '--data_folder', '{train}', '--test_folder', '{test}',
                        '--num_workers', '0', '--knn_k', '3', '--recall_k', '1', '2'],
 }
@@ -125,8 +128,9 @@ def changed_value(action):
 @pytest.fixture(scope='module')
 def data(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp('options')
+    from test_svm_transfer import make_voc
     return dict(train=make_image_folder(root / 'train', 3, 8, seed=5), test=make_image_folder(root / 'test', 3, 4, seed=6),
-                ckpt=tiny_ckpt)
+                ckpt=tiny_ckpt, voc=make_voc(root / 'voc'), folder=root)
 
 
 @pytest.mark.parametrize('script', sorted(BASE))
