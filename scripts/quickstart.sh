@@ -2,8 +2,9 @@
 # Offline quick start on the embedded digits dataset (scikit-learn's 8x8 digits, no download):
 # SupCon pretraining of a narrow ResNet-18, then linear evaluation of its frozen trunk.
 # A few minutes on a 2-core CPU; the kNN monitor prints the random trunk's accuracy (epoch 0)
-# and the pretrained one's.
+# and the pretrained one's. Sets up .venv first if needed (scripts/setup.sh).
 set -euo pipefail
+source "$(dirname "$0")/setup.sh"
 source "$(dirname "$0")/common.sh"
 
 launch main_supcon.py --dataset digits --model resnet18 --width 16 --batch_size 128 --learning_rate 0.1 \
