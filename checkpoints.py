@@ -4,8 +4,11 @@
 Every script writes the same dict, loadable with torch.load(..., weights_only=True):
 {'method', 'args' (plain dict of the options), 'epoch', 'model' (state_dict; the trunk under
 'encoder.'), 'optimizer', 'scaler', 'rng' (one state per process), extra state by name}."""
+import fcntl
 import os
 import random
+import re
+import socket
 
 import numpy as np
 import torch
@@ -14,7 +17,7 @@ import torch.distributed as dist
 import checkpoint_layouts
 
 from networks.resnet_big import build_trunk
-from util import UserError, is_main, unwrap, world_size
+from util import Stopped, UserError, is_main, stop_requested, unwrap, world_size
 
 
 def plain_args(args):
@@ -45,26 +48,38 @@ def set_rng_state(state):
 # ----------------------------------------------------------------------------- writing
 
 def save_checkpoint(path, *, method, args, epoch, model, optimizer, scaler=None, **extra):
-    """Write the checkpoint dict atomically (temporary file, then rename). Call on every rank:
-    each contributes its RNG state; rank 0 writes."""
+    """Write the checkpoint dict atomically (temporary file, fsync, rename). Call on every rank:
+    each contributes its RNG state; rank 0 writes. Returns the stop signal any rank received (0: none)."""
     rngs = [None] * world_size()
     if world_size() > 1:
-        dist.all_gather_object(rngs, rng_state())
+        dist.all_gather_object(rngs, (rng_state(), stop_requested()))
+        signalled = max(stop for _, stop in rngs)
+        rngs = [rng for rng, _ in rngs]
     else:
-        rngs = [rng_state()]
-    if not is_main():
-        return
+        rngs, signalled = [rng_state()], stop_requested()
+    if is_main():
+        _write(path, method, args, epoch, model, optimizer, scaler, rngs, extra)
+    return signalled
+
+
+def _write(path, method, args, epoch, model, optimizer, scaler, rngs, extra):
     state = {'method': method, 'args': plain_args(args), 'epoch': epoch,
              'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
              'scaler': scaler.state_dict() if scaler is not None else None, 'rng': rngs, **extra}
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        torch.save(state, tmp)
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        with open(tmp, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
         os.replace(tmp, path)
-    except BaseException:  # disk full, interrupted: leave no half-written file behind
+    except BaseException as e:  # disk full, interrupted: leave no half-written file behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch reports a failed write as a RuntimeError
+            reason = getattr(e, 'strerror', None) or str(e).strip().splitlines()[0]
+            raise UserError(f'cannot write {path}: {reason} (disk full?); the previous checkpoint is kept') from e
         raise
 
 
@@ -78,10 +93,11 @@ def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, bes
         paths.append(os.path.join(args.save_folder, f'ckpt_epoch_{epoch}.pth'))
     if best:
         paths.append(os.path.join(args.save_folder, 'best.pth'))
-    for path in paths:
-        save_checkpoint(path, method=method, args=args, epoch=epoch, model=model, optimizer=optimizer,
-                        scaler=scaler, **extra, **values)
+    signalled = [save_checkpoint(path, method=method, args=args, epoch=epoch, model=model, optimizer=optimizer,
+                                 scaler=scaler, **extra, **values) for path in paths]
     args.last_good = paths[0]
+    if any(signalled):  # SIGTERM/SIGINT during the epoch, on any rank: the epoch is saved, all stop here
+        raise Stopped(max(signalled))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -113,8 +129,70 @@ def load_state(module, state_dict, what):
         raise UserError(f'{what} does not fit the model: {detail}')
 
 
+_held_locks = []  # open lock files: the lock lasts as long as the process
+
+
+def claim_run_folder(args, resuming):
+    """Before any work, on every rank: the run folder and its TensorBoard folder are writable,
+    locked by this run for its whole life (a second run into it ends with one line naming the
+    holder), cleared of temporary files that interrupted saves left, and hold no earlier run
+    unless this one resumes it or --overwrite says to replace it."""
+    error = _claim(args, resuming) if is_main() else None
+    if world_size() > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, 0)
+        error = shared[0]
+    if error:
+        raise UserError(error)
+
+
+def _claim(args, resuming):
+    folder = args.save_folder
+    for path in (folder, args.tb_folder):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            return f'cannot write {e.filename or path}: {e.strerror}'
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f'cannot write {path}: permission denied'
+    lock = open(os.path.join(folder, '.lock'), 'a+')
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        return f'{folder} is in use by another run ({lock.read().strip() or "unknown"}): wait for it to end, ' \
+               f'or give this run another --trial'
+    except OSError:  # a filesystem without locks: run unlocked rather than not at all
+        print(f'note: {folder} cannot be locked on this filesystem; do not start two runs into it')
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    lock.flush()
+    _held_locks.append(lock)
+    for name in os.listdir(folder):  # we hold the lock: no one else is writing here
+        if re.fullmatch(r'.+\.tmp\d+', name):
+            os.remove(os.path.join(folder, name))
+            print(f'note: removed {name}, left in {folder} by an interrupted save')
+    if not resuming and os.path.isfile(os.path.join(folder, 'last.pth')):
+        if not args.overwrite:
+            return f'{folder} already holds a run (last.pth): continue it with --resume, keep it and give this ' \
+                   f'run another --trial, or replace it with --overwrite'
+        # replaced whole: no checkpoint or event file of the earlier run stays mixed with this one's
+        old = [os.path.join(folder, n) for n in os.listdir(folder) if re.fullmatch(r'(last|best|ckpt_epoch_\d+)\.pth', n)]
+        old += [os.path.join(args.tb_folder, n) for n in os.listdir(args.tb_folder) if n.startswith('events.out.')]
+        for path in old:
+            os.remove(path)
+        print(f'note: --overwrite: removed the earlier run\'s {len(old)} checkpoint and event files from {folder}')
+    return None
+
+
 def resume_checkpoint(args):
-    """The checkpoint --resume names (the run folder's last.pth without a path), or None."""
+    """The checkpoint --resume names (the run folder's last.pth without a path), or None. A SLURM
+    job that was requeued (pre-empted, or a node failed) resumes its last.pth without being told."""
+    if args.resume is None and int(os.environ.get('SLURM_RESTART_COUNT', 0)) > 0:
+        args.resume = 'auto'
+        if is_main():
+            print(f'note: SLURM requeued this job (restart {os.environ["SLURM_RESTART_COUNT"]}): resuming')
     if args.resume is None:
         return None
     path = os.path.join(args.save_folder, 'last.pth') if args.resume == 'auto' else args.resume
@@ -158,6 +236,9 @@ def restore(ckpt, args, model, optimizer, scaler, method, state=None):
         set_rng_state(rngs[args.rank])
     if is_main():
         print(f'resumed from {ckpt["path"]} (epoch {ckpt["epoch"]})')
+        if ckpt['epoch'] >= args.epochs:
+            print(f'nothing to do: the run finished epoch {ckpt["epoch"]} and --epochs is {args.epochs}; '
+                  f'give a larger --epochs to train on')
     return ckpt['epoch'] + 1
 
 

@@ -1,6 +1,7 @@
 """The training loop's small helpers: the one-line error exit, meters and progress lines, the
 non-finite check, TensorBoard logging, mixed precision, seeds and process rank."""
 import random
+import signal
 import sys
 import time
 
@@ -8,7 +9,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
 
 
 # ----------------------------------------------------------------------------- errors
@@ -22,11 +22,40 @@ class StepLimitReached(Exception):
     script with exit status 0 and nothing written."""
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGINT (args[0]) arrived, e.g. SLURM's pre-emption or time-out: the run stopped
+    between two steps, never inside a checkpoint write."""
+
+
+_signal_received = []
+
+
+def _on_signal(signum, frame):
+    if _signal_received:  # a second signal: the user insists
+        raise Stopped(signum)
+    _signal_received.append(signum)
+
+
+def stop_requested():
+    """The signal received so far (0: none); training checks it at every step (EpochProgress)."""
+    return _signal_received[0] if _signal_received else 0
+
+
 def run(main):
     """Run a script's main(); a UserError (also one raised in a data-loader worker) ends the
-    process with one line on stderr and exit status 2."""
+    process with one line on stderr and exit status 2. SIGTERM/SIGINT stop training at the next
+    step: the last finished epoch's last.pth stays what --resume continues; the exit status is
+    128 + the signal's number, as if the signal had killed it."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal)
     try:
         main()
+    except Stopped as e:
+        name = signal.Signals(e.args[0]).name
+        if is_main():
+            print(f'stopped by {name}: the last finished epoch\'s last.pth is kept; continue with --resume',
+                  file=sys.stderr, flush=True)
+        sys.exit(128 + e.args[0])
     except UserError as e:
         # A worker's exception comes back wrapped with its traceback: keep the message only.
         msg = str(e).strip().splitlines()[-1]
@@ -112,10 +141,15 @@ class EpochProgress:
         """Step idx (from 0) is done: n samples on this process; values: this process's scalar
         tensors, 'loss' first. Their mean over ranks is what every rank averages (weighted by n),
         prints and guards, so a non-finite loss on any rank stops all of them at the same step."""
-        if world_size() > 1:
-            mean = torch.stack([v.detach().float() for v in values.values()])
+        stop = stop_requested()
+        if world_size() > 1:  # one all_reduce: the values' means, and whether any rank was signalled
+            mean = torch.stack([v.detach().float() for v in values.values()] + [values['loss'].new_tensor(stop)])
             dist.all_reduce(mean)
-            values = dict(zip(values, mean / world_size()))
+            values = dict(zip(values, mean[:-1] / world_size()))
+            # all ranks stop at the same step, read where the progress line syncs anyway
+            stop = 0 if (idx + 1) % self.args.print_freq else (stop or signal.SIGTERM) * bool(mean[-1].item())
+        if stop:
+            raise Stopped(stop)
         self.guard.update(values['loss'], idx + 1)
         for name, value in values.items():
             self.meters.setdefault(name, AverageMeter()).update(value, n)

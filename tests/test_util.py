@@ -195,7 +195,7 @@ def small_run(tmp_path):
     model(torch.randn(4, 3, 8, 8)).sum().backward()
     opt.step()
     args = argparse.Namespace(model='resnet18', width=4, stem='cifar', lr_decay_epochs=[700, 800],
-                              mean=(0.5, 0.5, 0.5), device=torch.device('cpu'), resume=None, seed=0)
+                              mean=(0.5, 0.5, 0.5), device=torch.device('cpu'), resume=None, seed=0, epochs=10)
     return model, opt, args
 
 
@@ -241,12 +241,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     before = path.read_bytes()
 
     def disk_full(obj, f, *a, **k):  # writes part of the file, then fails like a full disk
-        with open(f, 'wb') as fh:
-            fh.write(b'PK\x03\x04 half a checkpoint')
+        f.write(b'PK\x03\x04 half a checkpoint')
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(torch, 'save', disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(util.UserError, match=r'cannot write .*last.pth: No space left on device \(disk full\?\)'):
         checkpoints.save_checkpoint(str(path), method='SupCon', args=args, epoch=2, model=model, optimizer=opt)
     assert path.read_bytes() == before  # the previous last.pth is untouched
     assert os.listdir(tmp_path) == ['last.pth']  # and nothing half-written is left beside it
