@@ -147,7 +147,10 @@ def claim_run_folder(args, resuming):
 
 
 def _claim(args, resuming):
-    folder = args.save_folder
+    folder, overwrite = args.save_folder, args.overwrite
+    if overwrite and args.resume:
+        return '--overwrite replaces the run folder\'s earlier run and --resume continues it: give one of them'
+
     for path in (folder, args.tb_folder):
         try:
             os.makedirs(path, exist_ok=True)
@@ -174,7 +177,7 @@ def _claim(args, resuming):
             os.remove(os.path.join(folder, name))
             print(f'note: removed {name}, left in {folder} by an interrupted save')
     if not resuming and os.path.isfile(os.path.join(folder, 'last.pth')):
-        if not args.overwrite:
+        if not overwrite:
             return f'{folder} already holds a run (last.pth): continue it with --resume, keep it and give this ' \
                    f'run another --trial, or replace it with --overwrite'
         # replaced whole: no checkpoint or event file of the earlier run stays mixed with this one's

@@ -221,12 +221,14 @@ def to_device(images, args):
 
 def start(args):
     """The run-time state every script begins with, set here and nowhere else: rank, process count
-    and device, seeds, the --resume checkpoint, the data seed all ranks' samplers share (--seed, the
+    and device, seeds, the --resume checkpoint, the run folder (claimed before any work), the data seed all ranks' samplers share (--seed, the
     resumed run's, or a random one from rank 0) and the last good checkpoint. Returns the checkpoint
     to resume from, or None."""
     init_distributed(args)
     util.set_seed(args)
     ckpt = checkpoints.resume_checkpoint(args)
+    if not getattr(args, 'test', None):  # --test reads a finished run and writes nothing
+        checkpoints.claim_run_folder(args, resuming=ckpt is not None)
     if ckpt:
         args.data_seed = ckpt['args']['data_seed']
     elif args.seed is not None:

@@ -99,6 +99,9 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--seed', type=int, default=None, help='seed every RNG (per process: seed + rank); default: random')
     g.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
                    help='continue from CKPT, or from the run folder\'s last.pth when no path is given')
+    g.add_argument('--overwrite', action='store_true',
+                   help='replace an earlier run in the run folder (without it, or --resume, a folder holding '
+                        'last.pth is refused)')
     g.add_argument('--save_root', type=str, default='./save', help='root of the save/ folders')
     g.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
     g.add_argument('--syncBN', action='store_true', help='synchronise BatchNorm across processes')
