@@ -78,9 +78,23 @@ def load_image(path):
     """ImageFolder's loader, with an unreadable file reported by name."""
     try:
         with Image.open(path) as img:
-            return img.convert('RGB')
+            return to_rgb(img)
     except (OSError, ValueError) as e:
         raise UserError(f'cannot read image {path}: {e}; remove or replace the file')
+
+
+def to_rgb(img):
+    """8-bit RGB. Pillow's convert('RGB') clips 16-bit and 32-bit pixels at 255 (a 16-bit PNG comes
+    out nearly white): those are scaled to 8 bits instead; float images are taken as 0-1 when they
+    lie within it, else as 0-255."""
+    if img.mode not in ('I', 'F') and not img.mode.startswith('I;16'):
+        return img.convert('RGB')
+    pixels = np.asarray(img, dtype=np.float64)
+    if img.mode == 'F':
+        pixels = pixels * 255 if pixels.min() >= 0 and pixels.max() <= 1 else pixels
+    elif img.mode.startswith('I;16') or pixels.max() > 255:  # 16-bit values (Pillow opens 16-bit PNGs as I)
+        pixels = pixels / 257
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), 'L').convert('RGB')
 
 
 class UnlabelledFolder(Dataset):
@@ -116,6 +130,36 @@ def image_folder(root, transform, what):
         return UnlabelledFolder(root, files, transform)
 
 
+def require_labels(dataset, why):
+    """A UserError when `dataset` is a folder of loose images: `why` (SupCon, cross-entropy, the kNN
+    monitor...) needs one sub-folder per class."""
+    if isinstance(dataset, UnlabelledFolder):
+        folder = os.path.dirname(dataset.samples[0])
+        raise UserError(f'{why} needs labels, but {folder} holds loose images without class sub-folders; '
+                        f'put each class in its own sub-folder')
+
+
+def on_training_classes(dataset, train_root, what):
+    """An evaluation ImageFolder labelled as the training folder labels its classes (by name): its
+    own alphabetical order would give a subset or a renamed class other indices. A class the
+    training folder lacks is an error."""
+    require_labels(dataset, f'evaluation on {what}')
+    try:
+        classes, class_to_idx = tvd.folder.find_classes(train_root)
+    except FileNotFoundError:
+        raise UserError(f'{what} is evaluated against the training classes, but {train_root} has no class '
+                        f'sub-folders (loose images have no labels)')
+    unknown = [c for c in dataset.classes if c not in class_to_idx]
+    if unknown:
+        raise UserError(f'{what} has classes the training folder {train_root} lacks: {", ".join(unknown[:5])}'
+                        f'{" ..." if len(unknown) > 5 else ""}')
+    if dataset.classes != classes:
+        dataset.samples = [(path, class_to_idx[dataset.classes[y]]) for path, y in dataset.samples]
+        dataset.imgs, dataset.targets = dataset.samples, [y for _, y in dataset.samples]
+        dataset.classes, dataset.class_to_idx = classes, class_to_idx
+    return dataset
+
+
 def torchvision_set(cls, args, transform, **split):
     name = cls.__name__
     try:
@@ -144,13 +188,16 @@ def image_dataset(args, train, transform):
         return Digits(train, transform)
     if d == 'imagenet':
         split = 'train' if train else 'val'
-        return image_folder(os.path.join(args.data_folder, split), transform, f'--data_folder/{split}')
+        dataset = image_folder(os.path.join(args.data_folder, split), transform, f'--data_folder/{split}')
+        return dataset if train else on_training_classes(dataset, os.path.join(args.data_folder, 'train'),
+                                                         f'--data_folder/{split}')
     if d == 'path':
         if train:
             return image_folder(args.data_folder, transform, '--data_folder')
         if args.test_folder is None:
             raise UserError('--dataset path needs --test_folder for evaluation')
-        return image_folder(args.test_folder, transform, '--test_folder')
+        return on_training_classes(image_folder(args.test_folder, transform, '--test_folder'), args.data_folder,
+                                   f'--test_folder {args.test_folder}')
     raise UserError(f'unknown dataset {d!r}')
 
 
@@ -330,4 +377,6 @@ def knn_loaders(args):
     """(bank, test) loaders for the kNN monitor, or None when it is off (--knn_freq 0)."""
     if args.knn_freq <= 0:
         return None
-    return eval_loader(eval_dataset(args, True), args), eval_loader(eval_dataset(args, False), args)
+    bank = eval_dataset(args, True)
+    require_labels(bank, 'the kNN monitor (--knn_freq 0 turns it off)')
+    return eval_loader(bank, args), eval_loader(eval_dataset(args, False), args)

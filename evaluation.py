@@ -1,5 +1,6 @@
 """Evaluation of representations: classifier accuracy, trunk features (averaged over test views),
 weighted kNN and retrieval recall@k."""
+import hashlib
 import math
 import os
 
@@ -121,6 +122,19 @@ def checkpoint_file_key(path):
     (last.pth is rewritten every epoch)."""
     stat = os.stat(path)
     return {'ckpt': os.path.abspath(path), 'ckpt_bytes': stat.st_size, 'ckpt_mtime_ns': stat.st_mtime_ns}
+
+
+def folder_fingerprint(folder):
+    """A digest of every file under `folder` (relative path, size, modification time): cached
+    features of a folder whose files were added, removed or rewritten are not reused."""
+    digest = hashlib.sha1()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            digest.update(f'{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n'.encode())
+    return digest.hexdigest()
 
 
 def cached_features(path, key, extract):

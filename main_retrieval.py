@@ -29,7 +29,7 @@ import datasets
 import distributed
 import options
 import util
-from evaluation import checkpoint_file_key, extract_features, knn_accuracies, recall_at_k
+from evaluation import checkpoint_file_key, extract_features, folder_fingerprint, knn_accuracies, recall_at_k
 from video_datasets import VIDEO_DATASETS
 
 FEATURE_FILES = ('train_features', 'train_labels', 'val_features', 'val_labels')
@@ -89,6 +89,9 @@ def feature_key(args):
     folder = lambda path: os.path.abspath(path) if path else None
     key = {**checkpoint_file_key(args.ckpt), 'epoch': args.pretrained['epoch'], 'dataset': args.dataset, 'data_folder': folder(args.data_folder),
            'test_folder': folder(args.test_folder), 'size': args.size, 'mean': args.mean, 'std': args.std}
+    if args.dataset in ('path', 'imagenet') or args.dataset in VIDEO_DATASETS:  # folders the user may change
+        key['files'] = {name: folder_fingerprint(getattr(args, name)) for name in ('data_folder', 'test_folder')
+                        if getattr(args, name) and os.path.isdir(getattr(args, name))}
     if args.dataset in VIDEO_DATASETS:
         key.update({name: getattr(args, name) for name in ('num_frames', 'clip_duration', 'test_clips', 'test_crops',
                                                            'split_id', 'frame_rate')},
@@ -141,6 +144,7 @@ def set_loader(args):
     """(bank, query) loaders of the training and evaluation splits through the evaluation views
     (videos: every test view), and the class names."""
     bank, queries = (datasets.eval_dataset(args, train, test_views=True) for train in (True, False))
+    datasets.require_labels(bank, 'kNN classification and retrieval')
     classes = [str(c) for c in getattr(bank, 'classes', [])]
     return datasets.eval_loader(bank, args), datasets.eval_loader(queries, args), classes
 

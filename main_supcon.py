@@ -44,6 +44,8 @@ def set_loader(args):
     else:
         views, device_views = augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std)), None
     train_set = datasets.image_dataset(args, True, views)
+    if args.method == 'SupCon':  # SimCLR needs no labels
+        datasets.require_labels(train_set, 'SupCon (--method SimCLR does not)')
     return datasets.train_loader(train_set, args, device_views=device_views), datasets.knn_loaders(args)
 
 

@@ -19,7 +19,7 @@ import datasets
 import distributed
 import options
 import util
-from evaluation import cached_features, checkpoint_file_key, extract_features
+from evaluation import cached_features, checkpoint_file_key, extract_features, folder_fingerprint
 
 
 
@@ -46,7 +46,8 @@ def set_loader(args):
 
 def features(args):
     """{split: (L2-normalised features, labels [N, 20])} as numpy, cached per checkpoint file and data."""
-    key = {**checkpoint_file_key(args.ckpt), 'data': os.path.abspath(args.data_folder), 'size': args.size}
+    key = {**checkpoint_file_key(args.ckpt), 'data': os.path.abspath(args.data_folder), 'size': args.size,
+           'files': folder_fingerprint(args.data_folder)}
 
     def extract():
         trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)

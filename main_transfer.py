@@ -25,7 +25,7 @@ import datasets
 import distributed
 import options
 import util
-from evaluation import cached_features, checkpoint_file_key, extract_features
+from evaluation import cached_features, checkpoint_file_key, extract_features, folder_fingerprint
 
 MEAN_PER_CLASS = {'aircraft', 'caltech101', 'flowers', 'pets'}
 # The SCE README's transfer row (ResNet-50, multi-crop checkpoint), and its columns' order.
@@ -118,7 +118,8 @@ class Labelled(torch.utils.data.Dataset):
 def features_of(name, trunk, args):
     """{split: (features [N, D], labels)} as numpy; cached per checkpoint file, dataset and size."""
     key = {**checkpoint_file_key(args.ckpt), 'size': args.size, 'seed': args.seed,
-           'folder': os.path.abspath(args.data_folder) if name == 'folder' else os.path.abspath(args.data_root)}
+           'folder': os.path.abspath(args.data_folder) if name == 'folder' else os.path.abspath(args.data_root),
+           'files': folder_fingerprint(args.data_folder) if name == 'folder' else None}
     transform = T.Compose([T.Resize(args.size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(args.size),
                            T.ToTensor(), T.Normalize(*datasets.MEAN_STD['imagenet'])])
 
