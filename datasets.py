@@ -355,7 +355,8 @@ def eval_dataset(args, train, test_views=False):
         return image_dataset(args, train, eval_view(args))
     mean, std = mean_std(args)
     clips, crops = (args.test_clips, args.test_crops) if test_views else (1, 1)
-    dataset = video_dataset(args, train, ClipEvalTransform(args.size, mean, std, crops=crops), clips=clips)
+    dataset = video_dataset(args, train, ClipEvalTransform(args.size, mean, std, crops=crops), clips=clips,
+                            drop_unreadable=True)
     dataset.views = clips * crops  # read by eval_loader
     return dataset
 

@@ -30,20 +30,31 @@ def evaluate(model, loader, args):
     summed over ranks. A video with several test views is classified by its softmax averaged
     over them."""
     model.eval()
-    totals = torch.zeros(4, device=args.device)  # loss sum, top-1 hits, top-5 hits, count
+    totals = torch.zeros(5, device=args.device)  # loss sum, top-1 hits, top-5 hits, count, left out
     for images, labels in loader:
         labels = labels.to(args.device, non_blocking=True)
         log_probs = per_view(model, images, args).log_softmax(-1)  # [B, V, classes]
         # log of the mean softmax over the views (with one view: log_softmax of the logits)
         log_probs = log_probs.logsumexp(1) - math.log(log_probs.shape[1])
-        top1, top5 = accuracy(log_probs, labels, (1, 5))
+        readable = labels >= 0  # -1: an unreadable video (video_datasets.VideoClips), left out
+        log_probs, labels = log_probs[readable], labels[readable]
         n = len(labels)
-        totals += torch.stack([F.nll_loss(log_probs, labels, reduction='sum'), top1 * n / 100,
-                               top5 * n / 100, torch.tensor(float(n), device=args.device)])
+        if n:
+            top1, top5 = accuracy(log_probs, labels, (1, 5))
+            totals[:4] += torch.stack([F.nll_loss(log_probs, labels, reduction='sum'), top1 * n / 100,
+                                       top5 * n / 100, torch.tensor(float(n), device=args.device)])
+        totals[4] += (~readable).sum()
     if world_size() > 1:
         dist.all_reduce(totals)
-    loss, hit1, hit5, n = totals.tolist()
+    loss, hit1, hit5, n, left_out = totals.tolist()
+    report_left_out(left_out, n)
     return loss / max(n, 1), 100 * hit1 / max(n, 1), 100 * hit5 / max(n, 1)
+
+
+def report_left_out(left_out, kept):
+    if left_out and is_main():
+        print(f'note: {int(left_out)} unreadable videos left out of this evaluation ({int(kept)} evaluated)',
+              flush=True)
 
 
 class Validation:
@@ -114,7 +125,9 @@ def extract_features(trunk, loader, args, normalize=True):
         m = max(counts)
         order = [r * m + i for i in range(m) for r in range(world_size()) if i < counts[r]]
         feats, labels = feats[order], labels[order]
-    return feats, labels
+    readable = labels >= 0  # -1: an unreadable video (video_datasets.VideoClips), left out
+    report_left_out(int((~readable).sum()), int(readable.sum()))
+    return feats[readable], labels[readable]
 
 
 def checkpoint_file_key(path):

@@ -143,13 +143,16 @@ class VideoClips(Dataset):
     (video_augment.temporal_difference) before its transform: SCE's pretraining uses 0.2."""
 
     def __init__(self, samples, classes, transform, num_frames=8, clip_duration=2.56, clips=None,
-                 frame_rate=30, time_difference_p=0.0):
+                 frame_rate=30, time_difference_p=0.0, drop_unreadable=False):
         self.samples, self.classes = samples, classes
         self.targets = [label for _, label in samples]
         self.transform, self.clips = transform, clips
         self.num_frames, self.clip_duration, self.frame_rate = num_frames, clip_duration, frame_rate
         self.time_difference_p = time_difference_p
         self.unreadable = {}  # index -> reason, for the videos this process failed to read
+        # evaluation: an unreadable video comes with label -1 (a neighbour's views stand in for its
+        # shape) and evaluation.evaluate / extract_features leave it out, counting it
+        self.drop_unreadable = drop_unreadable
 
     def __len__(self):
         return len(self.samples)
@@ -169,9 +172,11 @@ class VideoClips(Dataset):
                 found.append(i)
                 continue
             for j in found:
-                print(f'warning: skipped unreadable video {self.samples[j][0]} ({self.unreadable[j]}); '
-                      f'{len(self.unreadable)} skipped so far in this process', file=sys.stderr, flush=True)
-            return self.apply_transform(clips), self.samples[i][1]
+                print(f'warning: {"left out" if self.drop_unreadable else "skipped"} unreadable video '
+                      f'{self.samples[j][0]} ({self.unreadable[j]}); {len(self.unreadable)} so far in this process',
+                      file=sys.stderr, flush=True)
+            dropped = self.drop_unreadable and i != index
+            return self.apply_transform(clips), -1 if dropped else self.samples[i][1]
         path, reason = next((self.samples[j][0], r) for j, r in self.unreadable.items())
         raise UserError(f'none of the {len(self.samples)} videos could be read (e.g. {path}: {reason}); '
                         f'check that they are video files PyAV can decode')
@@ -400,12 +405,12 @@ def video_samples(args, train):
     return present(entries, [root], listed), classes
 
 
-def video_dataset(args, train, transform, clips=None, time_difference_p=0.0):
+def video_dataset(args, train, transform, clips=None, time_difference_p=0.0, drop_unreadable=False):
     """The training (train=True) or evaluation split of a video --dataset as VideoClips (see it
-    for `transform` and `clips`): e.g. pretraining video_dataset(args, True, video_augment.clip_views(...),
-    time_difference_p=0.2); testing video_dataset(args, False, video_augment.ClipEvalTransform(...,
-    crops=args.test_crops), clips=args.test_clips)."""
+    for `transform`, `clips` and `drop_unreadable`): e.g. pretraining video_dataset(args, True,
+    video_augment.clip_views(...), time_difference_p=0.2); testing video_dataset(args, False,
+    video_augment.ClipEvalTransform(..., crops=args.test_crops), clips=args.test_clips, drop_unreadable=True)."""
     samples, classes = video_samples(args, train)
     frame_rate = args.frame_rate or FRAME_RATE[args.dataset]
     return VideoClips(samples, classes, transform, args.num_frames, args.clip_duration, clips, frame_rate,
-                      time_difference_p)
+                      time_difference_p, drop_unreadable)

@@ -83,3 +83,31 @@ def test_retrieval_cache_is_not_reused_after_the_data_changed(tmp_path, tiny_ckp
     shutil.copy(os.path.join(test, 'class_0', 'img_0.png'), os.path.join(test, 'class_0', 'img_9.png'))
     proc = check_ok(run_script('main_retrieval.py', *cmd, cwd=tmp_path))
     assert 'features read from' not in proc.stdout and 'extracting again' in proc.stdout
+
+
+def test_unreadable_videos_are_left_out_of_evaluation_not_copied(tmp_path, capsys):
+    import torch
+    import torch.nn as nn
+    from evaluation import evaluate, extract_features
+    from test_video import make_video
+    from video_augment import ClipEvalTransform
+    from video_datasets import VideoClips
+    good = [str(tmp_path / f'v{i}.mp4') for i in range(2)]
+    for path in good:
+        make_video(path, frames=20, fps=10, size=(40, 32))
+    bad = tmp_path / 'broken.mp4'
+    bad.write_bytes(b'not a video')
+    samples = [(good[0], 0), (str(bad), 1), (good[1], 1)]
+    transform = ClipEvalTransform(32, (0.45,) * 3, (0.225,) * 3, crops=1)
+    clips = VideoClips(samples, ['a', 'b'], transform, num_frames=2, clip_duration=1.0, clips=1, frame_rate=10,
+                       drop_unreadable=True)
+    assert [clips[i][1] for i in range(3)] == [0, -1, 1]
+    loader = torch.utils.data.DataLoader(clips, batch_size=3)
+    args = argparse.Namespace(device=torch.device('cpu'), amp='none', channels_last=False)
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))
+    model(next(iter(loader))[0].flatten(0, 1))
+    loss, acc1, _ = evaluate(model, loader, args)
+    feats, labels = extract_features(model, loader, args)
+    assert labels.tolist() == [0, 1] and len(feats) == 2
+    assert acc1 in (0.0, 50.0, 100.0)  # over the two readable videos
+    assert 'note: 1 unreadable videos left out of this evaluation (2 evaluated)' in capsys.readouterr().out
