@@ -87,6 +87,12 @@ def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, bes
     """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq, and
     best.pth when `best` (the best validation accuracy so far). `state`: the method's extra modules
     by name (queue, momentum encoder), restored by restore(); `values`: plain numbers (best_acc)."""
+    bad = next((name for name, t in unwrap(model).state_dict().items()
+                if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # the loss may not show it yet (one step of a too high rate): keep the good checkpoint
+        kept = f'{args.last_good} is kept' if args.last_good else 'no checkpoint was written'
+        raise UserError(f'the weights became non-finite in epoch {epoch} ({bad}; learning rate too high?): nothing '
+                        f'saved, {kept}')
     extra = {name: module.state_dict() for name, module in (state or {}).items() if module is not None}
     paths = [os.path.join(args.save_folder, 'last.pth')]
     if epoch % args.save_freq == 0:
@@ -105,6 +111,8 @@ def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, bes
 def load_checkpoint(path, what='--ckpt'):
     """Load one of our checkpoints on the CPU, or one in a layout the authors published (converted
     to ours by checkpoint_layouts), or raise a UserError saying what is wrong."""
+    if os.path.isdir(path):
+        raise UserError(f'{what} {path} is a folder, not a checkpoint (last.pth inside it, perhaps)')
     if not os.path.isfile(path):
         raise UserError(f'{what} {path} does not exist')
     try:
@@ -116,6 +124,9 @@ def load_checkpoint(path, what='--ckpt'):
             return checkpoint_layouts.convert(ckpt)
         except UserError as e:
             raise UserError(f'{what} {path} is not a checkpoint of this project, nor a published one: {e}')
+    if not isinstance(ckpt['args'], dict) or not isinstance(ckpt['model'], dict) or 'model' not in ckpt['args']:
+        raise UserError(f'{what} {path} lacks the options it was trained with (its args name no model); '
+                        f'it was not written by this project\'s scripts')
     return ckpt
 
 
@@ -231,7 +242,12 @@ def restore(ckpt, args, model, optimizer, scaler, method, state=None):
         if module is not None:
             load_state(module, saved, f'{what} ({name})')
     load_state(unwrap(model), ckpt['model'], what)
-    optimizer.load_state_dict(ckpt['optimizer'])
+    try:
+        optimizer.load_state_dict(ckpt['optimizer'])
+    except (KeyError, ValueError, RuntimeError) as e:  # e.g. SGD's state into LARS
+        raise UserError(f'{what}: its optimiser state does not fit this run\'s optimiser ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0] if str(e) else "mismatch"}); resume with the options it was '
+                        f'trained with')
     if scaler is not None and ckpt.get('scaler'):
         scaler.load_state_dict(ckpt['scaler'])
     rngs = ckpt.get('rng') or []

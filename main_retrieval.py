@@ -64,6 +64,9 @@ def parse_option():
 
     args.pretrained = checkpoints.load_checkpoint(args.ckpt)
     saved = args.pretrained['args']
+    for name in ('dataset', 'size'):
+        if getattr(args, name) is None and saved.get(name) is None:
+            raise util.UserError(f'--ckpt {args.ckpt} does not record its {name}: give --{name}')
     if args.dataset is None:
         args.dataset = saved['dataset']
         for key in ('data_folder', 'test_folder'):
@@ -105,15 +108,20 @@ def read_cache(folder, key):
     paths = [os.path.join(folder, f'{name}.pth') for name in FEATURE_FILES]
     if not all(os.path.isfile(p) for p in [meta_path, *paths]):
         return None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    if meta.get('key') != key:
-        print(f'note: the features in {folder} come from another checkpoint file or other data: extracting again')
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or meta.get('key') != key:
+            print(f'note: the features in {folder} come from another checkpoint file or other data: extracting again')
+            return None
+        features = {name: torch.load(path, map_location='cpu', weights_only=True)
+                    for name, path in zip(FEATURE_FILES, paths)}
+        classes = list(meta['classes'])
+    except Exception as e:  # truncated or garbage cache files: extracting again is always right
+        print(f'note: the feature cache in {folder} is unreadable ({type(e).__name__}): extracting again')
         return None
-    features = {name: torch.load(path, map_location='cpu', weights_only=True)
-                for name, path in zip(FEATURE_FILES, paths)}
     print(f'features read from {folder} (extracted earlier from the same checkpoint and data)')
-    return features, meta['classes']
+    return features, classes
 
 
 def write_cache(folder, key, features, classes):

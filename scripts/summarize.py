@@ -129,10 +129,15 @@ def summarize(roots):
             linear.setdefault(evaluated_run(r['args']['ckpt']), []).append((r['best_acc'], epoch, unfinished))
     for root in roots:
         for path in glob.glob(os.path.join(root, '**', 'retrieval.json'), recursive=True):
-            with open(path) as f:
-                res = json.load(f)
-            if 'R@1' in res['recall']:
-                recall.setdefault(evaluated_run(res['ckpt']), []).append((res['recall']['R@1'], res['epoch'], ''))
+            try:
+                with open(path) as f:
+                    res = json.load(f)
+                r1, ckpt, epoch = res['recall'].get('R@1'), res['ckpt'], res['epoch']
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # garbage, a list, keys missing
+                print(f'note: skipped {path}: not a retrieval.json of main_retrieval.py ({type(e).__name__})')
+                continue
+            if r1 is not None:
+                recall.setdefault(evaluated_run(ckpt), []).append((r1, epoch, ''))
 
     def cell(value):
         return MISSING if value is None else f'{value:.2f}'
