@@ -219,6 +219,25 @@ def resume_checkpoint(args):
     return ckpt
 
 
+# What --resume may change: how long, how often to print, save and monitor, where the data and the
+# outputs are, and how fast (processes, workers, compiled or fused kernels). Every other option
+# defines the run and must be the checkpoint's. Also left out: what distributed.start sets at run time.
+RESUMABLE = {'epochs', 'print_freq', 'save_freq', 'num_workers', 'knn_freq', 'knn_k', 'knn_t', 'batch_size_val',
+             'val_freq', 'data_folder', 'test_folder', 'data', 'save_root', 'output_dir', 'save_folder', 'tb_folder',
+             'dist_url', 'dist_backend', 'multiprocessing_distributed', 'world_size', 'rank', 'nodes', 'node_rank',
+             'gpu', 'max_steps', 'compile', 'channels_last', 'fused_optimizer', 'gpu_aug', 'download', 'resume',
+             'overwrite', 'test', 'device', 'data_seed', 'last_good', 'seed'}
+
+
+def check_same_run(saved, args, what):
+    """The options that define the run (all but RESUMABLE) as the checkpoint has them."""
+    now = plain_args(args)
+    for name in sorted(set(saved) & set(now) - RESUMABLE):
+        if saved[name] != now[name]:
+            raise UserError(f'{what} was trained with {name} {saved[name]}, this run has {now[name]}: resume with the '
+                            f'same --{name}, or start a new run (another --trial)')
+
+
 # Old checkpoints named the momentum encoder's state 'momentum'.
 OLD_NAMES = {'momentum_encoder': 'momentum'}
 
@@ -234,6 +253,7 @@ def restore(ckpt, args, model, optimizer, scaler, method, state=None):
     if ckpt['method'] != method:
         raise UserError(f'{what} was written by a {ckpt["method"]} run; this is a {method} run: resume '
                         f'a checkpoint of the same method, or drop --resume')
+    check_same_run(ckpt['args'], args, what)
     for name, module in (state or {}).items():
         saved = ckpt.get(name, ckpt.get(OLD_NAMES.get(name)))
         if (saved is None) != (module is None):

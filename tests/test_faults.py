@@ -91,3 +91,14 @@ def test_summarize_skips_a_broken_retrieval_json(tmp_path, content, monkeypatch,
     except util.UserError:
         pass  # no run to summarise: its own one-line error
     assert 'skipped' in capsys.readouterr().out
+
+
+def test_resume_refuses_options_that_define_the_run_and_lets_the_others_change():
+    saved = {'method': 'SupCon', 'temp': 0.07, 'learning_rate': 0.5, 'momentum': 0.9, 'epochs': 100,
+             'print_freq': 10, 'num_workers': 16, 'lr_decay_epochs': [700, 800]}
+    now = argparse.Namespace(**{**saved, 'epochs': 200, 'print_freq': 1, 'num_workers': 2, 'rank': 0})
+    checkpoints.check_same_run(saved, now, '--resume x')
+    for name, value in (('temp', 0.1), ('momentum', 0.5), ('lr_decay_epochs', (700, 900)), ('method', 'SimCLR')):
+        changed = argparse.Namespace(**{**vars(now), name: value})
+        with pytest.raises(util.UserError, match=rf'--resume x was trained with {name} .*--{name}'):
+            checkpoints.check_same_run(saved, changed, '--resume x')
