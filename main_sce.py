@@ -20,6 +20,14 @@ label of InfoNCE mixed with the momentum key's own similarities to a queue of pa
 
 --recipe picks the defaults of a released configuration (imagenet, or cifar for the small-image
 datasets, r3d18_kinetics200 for videos); any flag given overrides them.
+
+As in eztorch's released configs (`mutual_pass: False`), every crop goes through trunk, projector
+and predictor on its own, in the online and in the momentum branch, so each BatchNorm normalises
+(and updates its running statistics) per crop. --mutual_pass pools them instead, faster: the online
+branch's crops of one resolution share a trunk call and the heads see all its crops at once, and
+(without --shuffle_bn) the key crops go through the momentum encoder as one batch. Shuffle-BN on
+one process (--bn_splits) splits only the momentum encoder's BatchNorm, as released; the
+predictor's last Linear has no bias (`last_bias: False`).
 """
 import argparse
 
@@ -106,6 +114,10 @@ def parse_option():
     g.add_argument('--proj_last_bn', action=argparse.BooleanOptionalAction, help='BN without affine after the projector')
     g.add_argument('--pred_hidden', type=int)
     g.add_argument('--pred_layers', type=int, help='Linear layers of the predictor (0 = no predictor)')
+    g.add_argument('--mutual_pass', action='store_true', default=False,
+                   help='pool the crops for BatchNorm, faster: one trunk call per resolution and the heads over '
+                        'all crops of the online branch, the key crops as one batch of the momentum encoder '
+                        '(without --shuffle_bn); default: each crop on its own, as released (mutual_pass: False)')
     g.add_argument('--nmb_crops', type=int, nargs='+', default=[2], help='crops per resolution; 2 global crops first')
     g.add_argument('--size_crops', type=int, nargs='+', default=None, help='default: --size each')
     g.add_argument('--min_scale_crops', type=float, nargs='+', default=None, help='default: 0.2 each')
@@ -136,6 +148,9 @@ def parse_option():
                        'the cifar recipe has one weak and one strong view; multi-crop needs --recipe imagenet')
     if args.pred_layers == 0:
         options.refuse(given, ('pred_hidden',), 'there is no predictor (--pred_layers 0)')
+    if not args.sym and sum(args.nmb_crops) == 2:  # also the cifar recipe and --no-sym videos
+        options.refuse(given, ('mutual_pass',), 'each branch encodes a single crop here (--no-sym, two crops): '
+                       'there is nothing to pool')
     args.size_crops = args.size_crops or [args.size] * len(args.nmb_crops)
     args.min_scale_crops = args.min_scale_crops or [0.2] * len(args.nmb_crops)
     args.max_scale_crops = args.max_scale_crops or [1.0] * len(args.nmb_crops)
@@ -175,18 +190,19 @@ def set_loader(args):
 
 
 def set_model(args):
-    """Online encoder (trunk, projector, predictor), its momentum copy without the predictor, the queue."""
+    """Online encoder (trunk, projector, predictor), its momentum copy without the predictor, the queue.
+    With --bn_splits (shuffle-BN on one process) only the momentum copy's BatchNorm is split, as released."""
     trunk = build_trunk(args.model, stem=args.stem, width=args.width)
     projector = mlp_head(trunk.feat_dim, args.proj_hidden, args.proj_dim, args.proj_layers, bn=True,
                          last_bn=args.proj_last_bn)
-    predictor = (mlp_head(args.proj_dim, args.pred_hidden, args.proj_dim, args.pred_layers, bn=True)
-                 if args.pred_layers > 0 else None)
-    model = EncoderWithHead(trunk, projector, predictor)
-    if args.bn_splits > 1:
-        model = convert_split_batchnorm(model, args.bn_splits)
+    predictor = (mlp_head(args.proj_dim, args.pred_hidden, args.proj_dim, args.pred_layers, bn=True,
+                          last_bias=False) if args.pred_layers > 0 else None)
+    model = EncoderWithHead(trunk, projector, predictor, mutual_pass=args.mutual_pass)
 
     model = distributed.distribute(model, args)
     momentum_encoder = MomentumEncoder(util.unwrap(model), drop=('predictor',)).to(args.device)
+    if args.bn_splits > 1:  # the copy's own BatchNorm (its parameters and buffers are the copy's)
+        momentum_encoder.module = convert_split_batchnorm(momentum_encoder.module, args.bn_splits)
     # one queue for all ranks: its random initial rows are rank 0's
     queue = distributed.broadcast_from_rank0(Queue(args.queue_size, args.proj_dim).to(args.device))
     return model, momentum_encoder, queue
@@ -207,10 +223,11 @@ def momentum_at(args, step, total_steps):
 
 
 def encode_keys(momentum, crops, args):
-    """Momentum-encoder outputs of the global crops, one [bsz, D] tensor per crop."""
+    """Momentum-encoder outputs of the global crops, one [bsz, D] tensor per crop: each crop on its own
+    (shuffled across ranks with --shuffle_bn), or with --mutual_pass both crops as one BN batch."""
     if args.shuffle_bn:
         return [shuffled_forward(momentum, crop)[0] for crop in crops]
-    keys, _ = momentum(crops)  # both crops in one batch, as one BN batch
+    keys, _ = momentum(crops)  # the copy's EncoderWithHead: per crop, or pooled with --mutual_pass
     return list(keys.chunk(len(crops)))
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import main_sce
 import optim
+import util
 from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_ranks, run_script, step_losses
 from losses import MoCoLoss, SCELoss
 
@@ -143,13 +144,152 @@ def test_model_shapes_of_the_imagenet_recipe(monkeypatch):
     assert [(m.in_features, m.out_features, m.bias is None) for m in linears] == \
         [(512, 4096, True), (4096, 4096, True), (4096, 256, True)]
     assert isinstance(model.head[-1], nn.BatchNorm1d) and not model.head[-1].affine
-    assert [(m.in_features, m.out_features) for m in model.predictor if isinstance(m, nn.Linear)] == \
-        [(256, 4096), (4096, 256)]
+    # the predictor's Linears have no bias: the first is followed by BN, the last as released (last_bias: False)
+    assert [(m.in_features, m.out_features, m.bias is None) for m in model.predictor if isinstance(m, nn.Linear)] == \
+        [(256, 4096, True), (4096, 256, True)]
     assert momentum.module.predictor is None  # the target branch: trunk + projector
     assert queue.keys.shape == (64, 256)
     out, feats = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 256) and feats.shape == (4, 512)
     assert torch.allclose(out.norm(dim=1), torch.ones(4))
+
+
+# ---------------------------------------------------------------- fidelity with eztorch's released configs
+
+# the imagenet recipe, tiny: 2 global crops of 32 and 2 local crops of 16, symmetric, no shuffle-BN
+TINY_IMAGENET = ['--dataset', 'imagenet', '--model', 'resnet18', '--width', '4', '--batch_size', '4',
+                 '--queue_size', '16', '--proj_hidden', '16', '--pred_hidden', '16', '--proj_dim', '8',
+                 '--nmb_crops', '2', '2', '--size_crops', '32', '16', '--min_scale_crops', '0.2', '0.05',
+                 '--max_scale_crops', '1.0', '0.3', '--warmup_epochs', '0', '--print_freq', '1000']
+
+
+def batchnorms(module):
+    return {name: m for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+def record_bn_inputs(*modules):
+    """Every BatchNorm's inputs, call by call: {(module index, name): [input, ...]}."""
+    calls = {}
+    for i, module in enumerate(modules):
+        for name, bn in batchnorms(module).items():
+            calls[i, name] = inputs = []
+            bn.register_forward_pre_hook(lambda _, x, inputs=inputs: inputs.append(x[0].detach().double().clone()))
+    return calls
+
+
+def replayed_running_stats(inputs, momentum=0.1):
+    """A fresh BatchNorm's (running_mean, running_var) after one update per input (from 0 and 1)."""
+    mean, var = 0, 1
+    for x in inputs:
+        rows = x.transpose(0, 1).flatten(1)
+        mean = (1 - momentum) * mean + momentum * rows.mean(1)
+        var = (1 - momentum) * var + momentum * rows.var(1)  # unbiased, as BatchNorm's running_var
+    return torch.cat([mean, var])
+
+
+def running_stats(bn):
+    return torch.cat([bn.running_mean, bn.running_var]).double()
+
+
+def one_training_step(argv, monkeypatch):
+    """main_sce.train over one batch of 4 crops (distinct statistics per crop); returns the model, the
+    momentum encoder and the inputs each of their BatchNorms saw during the step."""
+    args = setattr_device(parse(argv, monkeypatch))
+    args.last_good = None  # (what distributed.start sets: no checkpoint yet)
+    torch.manual_seed(0)
+    model, momentum, queue = main_sce.set_model(args)
+    calls = record_bn_inputs(model, momentum.module)
+    g = torch.Generator().manual_seed(1)
+    crops = [torch.randn(4, 3, s, s, generator=g) * (1 + c) + c for c, s in enumerate((32, 32, 16, 16))]
+    optimizer = optim.build_optimizer(model.parameters(), args, kind=args.optimizer)
+    main_sce.train([(crops, torch.zeros(4))], model, momentum, queue, optimizer, util.grad_scaler(args), 1, args)
+    return model, momentum.module, calls
+
+
+def test_each_crop_has_its_own_batchnorm_statistics_by_default(monkeypatch):
+    """As released (mutual_pass: False): every BatchNorm of the online branch (trunk, projector,
+    predictor) sees the 4 crops one at a time, and the momentum encoder's the 2 global crops one at a
+    time; the running statistics after one step are the 4 (or 2) per-crop updates, not pooled ones."""
+    model, momentum, calls = one_training_step(TINY_IMAGENET, monkeypatch)
+    for (branch, name), inputs in calls.items():
+        bn = batchnorms((model, momentum)[branch])[name]
+        crops = 4 if branch == 0 else 2
+        assert [x.shape[0] for x in inputs] == [4] * crops, (branch, name)
+        assert int(bn.num_batches_tracked) == crops
+        assert torch.allclose(running_stats(bn), replayed_running_stats(inputs), atol=1e-5), (branch, name)
+        # what pooled updates (one per resolution in the trunk, one in a head) would have given
+        shapes = list(dict.fromkeys(x.shape[1:] for x in inputs))
+        pooled = replayed_running_stats([torch.cat([x for x in inputs if x.shape[1:] == shape]) for shape in shapes])
+        assert not torch.allclose(running_stats(bn), pooled, atol=1e-3), (branch, name)
+    assert not model.mutual_pass and not momentum.mutual_pass
+
+
+def test_mutual_pass_pools_the_crops(monkeypatch):
+    """--mutual_pass: one trunk call per resolution (8 images each) and the heads over the 16 rows of
+    the 4 crops; the momentum encoder's BatchNorm sees both global crops (8 images) as one batch."""
+    model, momentum, calls = one_training_step([*TINY_IMAGENET, '--mutual_pass'], monkeypatch)
+    for (branch, name), inputs in calls.items():
+        bn = batchnorms((model, momentum)[branch])[name]
+        if branch == 0:
+            sizes = [8, 8] if name.startswith('encoder.') else [16]
+        else:
+            sizes = [8]
+        assert [x.shape[0] for x in inputs] == sizes, (branch, name)
+        assert torch.allclose(running_stats(bn), replayed_running_stats(inputs), atol=1e-5), (branch, name)
+
+
+def test_mutual_pass_is_refused_where_each_branch_has_one_crop(monkeypatch):
+    with pytest.raises(util.UserError, match='--mutual_pass'):
+        parse(['--dataset', 'cifar10', '--mutual_pass'], monkeypatch)
+    with pytest.raises(util.UserError, match='--mutual_pass'):
+        parse([*TINY_IMAGENET[:-14], '--no-sym', '--mutual_pass'], monkeypatch)  # 2 crops of 32, --no-sym
+    assert parse([*TINY_IMAGENET, '--no-sym', '--mutual_pass'], monkeypatch).mutual_pass  # 3 query crops
+
+
+def test_mutual_pass_help_and_default(monkeypatch, tmp_path):
+    assert parse(['--dataset', 'imagenet'], monkeypatch).mutual_pass is False
+    assert 'mutual_pass' in main_sce.__doc__
+    help_text = ' '.join(run_script('main_sce.py', '--help', cwd=tmp_path).stdout.split())
+    assert '--mutual_pass pool the crops for BatchNorm' in help_text and 'mutual_pass: False' in help_text
+
+
+def test_shuffle_bn_on_one_process_splits_only_the_momentum_encoder(monkeypatch):
+    """The cifar recipe (shuffle-BN, --bn_splits 4 on one process): the release converts only the
+    momentum trunk and projector; the online encoder keeps plain BatchNorm."""
+    from networks.momentum import SplitBatchNorm
+    args = setattr_device(parse(['--dataset', 'cifar10', '--model', 'resnet18', '--width', '4', '--batch_size', '8',
+                                 '--queue_size', '16', '--bn_splits', '4'], monkeypatch))
+    model, momentum, _ = main_sce.set_model(args)
+    online, target = batchnorms(model), batchnorms(momentum.module)
+    assert online and not any(isinstance(m, SplitBatchNorm) for m in online.values())
+    assert set(target) == set(online)  # trunk and projector (no predictor in this recipe)
+    assert all(isinstance(m, SplitBatchNorm) and m.num_splits == 4 for m in target.values())
+    # the split copy owns its tensors: nothing shared with the online model, checkpoint keys unchanged
+    online_ptrs = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not online_ptrs & {t.data_ptr() for t in [*momentum.parameters(), *momentum.buffers()]}
+    assert set(momentum.module.state_dict()) == set(model.state_dict())
+    momentum.update(model, 0.0)  # the EMA still finds every parameter
+    assert all(torch.equal(p, q) for p, q in zip(momentum.module.parameters(), model.parameters()))
+    # no shuffle-BN (the imagenet recipe): nothing split anywhere
+    model, momentum, _ = main_sce.set_model(setattr_device(parse(TINY_IMAGENET, monkeypatch)))
+    assert not any(isinstance(m, SplitBatchNorm) for m in [*model.modules(), *momentum.modules()])
+
+
+def test_predictor_last_linear_has_no_bias(monkeypatch):
+    """Released predictor (last_bias: False): Linear(no bias) -> BN -> ReLU -> Linear(no bias)."""
+    model, _, _ = main_sce.set_model(setattr_device(parse(TINY_IMAGENET, monkeypatch)))
+    assert [type(m).__name__ for m in model.predictor] == ['Linear', 'BatchNorm1d', 'ReLU', 'Linear']
+    assert model.predictor[-1].bias is None
+    assert not any(name.startswith('predictor.') and name.endswith('bias') and not name.startswith('predictor.1.')
+                   for name, _ in model.named_parameters())
+    # the projector's Linears keep theirs where no BN follows... and MoCo's head its biases
+    from networks.heads import mlp_head
+    assert mlp_head(8, 16, 4)[-1].bias is not None
+
+
+def setattr_device(args):
+    args.rank, args.world_size, args.device = 0, 1, torch.device('cpu')
+    return args
 
 
 # ---------------------------------------------------------------- end to end
