@@ -4,6 +4,7 @@
 Every script writes the same dict, loadable with torch.load(..., weights_only=True):
 {'method', 'args' (plain dict of the options), 'epoch', 'model' (state_dict; the trunk under
 'encoder.'), 'optimizer', 'scaler', 'rng' (one state per process), extra state by name}."""
+import atexit
 import fcntl
 import os
 import random
@@ -140,7 +141,7 @@ def load_state(module, state_dict, what):
         raise UserError(f'{what} does not fit the model: {detail}')
 
 
-_held_locks = []  # open lock files: the lock lasts as long as the process
+_held_locks = []  # open run folders, flock'ed: the lock lasts as long as the process
 
 
 def claim_run_folder(args, resuming):
@@ -157,6 +158,14 @@ def claim_run_folder(args, resuming):
         raise UserError(error)
 
 
+def _release(holder_file, me):
+    try:
+        if open(holder_file).read().strip() == me:
+            os.remove(holder_file)
+    except OSError:
+        pass
+
+
 def _claim(args, resuming):
     folder, overwrite = args.save_folder, args.overwrite
     if overwrite and args.resume:
@@ -169,20 +178,24 @@ def _claim(args, resuming):
             return f'cannot write {e.filename or path}: {e.strerror}'
         if not os.access(path, os.W_OK | os.X_OK):
             return f'cannot write {path}: permission denied'
-    lock = open(os.path.join(folder, '.lock'), 'a+')
+    # the lock is on the folder itself; .lock only names the holder, for the message, while it runs
+    holder_file, me = os.path.join(folder, '.lock'), f'pid {os.getpid()} on {socket.gethostname()}'
+    lock = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        lock.seek(0)
-        return f'{folder} is in use by another run ({lock.read().strip() or "unknown"}): wait for it to end, ' \
-               f'or give this run another --trial'
+        os.close(lock)
+        try:
+            holder = open(holder_file).read().strip()
+        except OSError:
+            holder = 'unknown'
+        return f'{folder} is in use by another run ({holder}): wait for it to end, or give this run another --trial'
     except OSError:  # a filesystem without locks: run unlocked rather than not at all
         print(f'note: {folder} cannot be locked on this filesystem; do not start two runs into it')
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
-    lock.flush()
+    with open(holder_file, 'w') as f:
+        f.write(me + '\n')
     _held_locks.append(lock)
+    atexit.register(_release, holder_file, me)
     for name in os.listdir(folder):  # we hold the lock: no one else is writing here
         if re.fullmatch(r'.+\.tmp\d+', name):
             os.remove(os.path.join(folder, name))
@@ -220,13 +233,14 @@ def resume_checkpoint(args):
 
 
 # What --resume may change: how long, how often to print, save and monitor, where the data and the
-# outputs are, and how fast (processes, workers, compiled or fused kernels). Every other option
+# outputs are and what the run is called, and how fast (processes, workers, compiled or fused
+# kernels). Every other option
 # defines the run and must be the checkpoint's. Also left out: what distributed.start sets at run time.
 RESUMABLE = {'epochs', 'print_freq', 'save_freq', 'num_workers', 'knn_freq', 'knn_k', 'knn_t', 'batch_size_val',
              'val_freq', 'data_folder', 'test_folder', 'data', 'save_root', 'output_dir', 'save_folder', 'tb_folder',
              'dist_url', 'dist_backend', 'multiprocessing_distributed', 'world_size', 'rank', 'nodes', 'node_rank',
              'gpu', 'max_steps', 'compile', 'channels_last', 'fused_optimizer', 'gpu_aug', 'download', 'resume',
-             'overwrite', 'test', 'device', 'data_seed', 'last_good', 'seed'}
+             'overwrite', 'test', 'device', 'data_seed', 'last_good', 'seed', 'trial', 'run_name'}
 
 
 def check_same_run(saved, args, what):

@@ -59,7 +59,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(folder, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
         assert 'in use by another run' in lines[0] and f'pid {os.getpid()}' in lines[0], lines
     finally:
-        checkpoints._held_locks.pop().close()
+        os.close(checkpoints._held_locks.pop())
     check_ok(run_script('main_supcon.py', *supcon(folder, '--epochs', '2', '--resume', 'auto'), cwd=tmp_path))
 
 
