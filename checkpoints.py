@@ -234,8 +234,8 @@ def resume_checkpoint(args):
 
 # What --resume may change: how long, how often to print, save and monitor, where the data and the
 # outputs are and what the run is called, and how fast (processes, workers, compiled or fused
-# kernels). Every other option
-# defines the run and must be the checkpoint's. Also left out: what distributed.start sets at run time.
+# kernels). Every other option defines the run and must be the checkpoint's. Also left out: what
+# distributed.start sets at run time.
 RESUMABLE = {'epochs', 'print_freq', 'save_freq', 'num_workers', 'knn_freq', 'knn_k', 'knn_t', 'batch_size_val',
              'val_freq', 'data_folder', 'test_folder', 'data', 'save_root', 'output_dir', 'save_folder', 'tb_folder',
              'dist_url', 'dist_backend', 'multiprocessing_distributed', 'world_size', 'rank', 'nodes', 'node_rank',
