@@ -10,14 +10,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import checkpoints
+import options
 import util
-from networks.momentum import AnyRankBatchNorm
+from networks.momentum import AnyRankBatchNorm, MomentumEncoder
 from util import UserError, world_size
 
 
 def init_distributed(args):
     """One code path for CPU, one GPU, torchrun and SLURM srun. Sets args.rank, args.world_size,
-    args.device; NCCL on GPUs, gloo on CPU. --batch_size stays the global batch."""
+    args.device; NCCL on GPUs, gloo on CPU. --batch_size is the global batch (options.per_node_batch
+    made it so under MoCo's and CLSA's launcher flags)."""
     env = os.environ
     if getattr(args, 'multiprocessing_distributed', False) and 'RANK' not in env:
         relaunch_with_torchrun(args)
@@ -56,8 +58,22 @@ def init_distributed(args):
         dist.init_process_group(backend, rank=rank, world_size=world)
     if args.batch_size % world:
         raise UserError(f'--batch_size {args.batch_size} is not divisible by the {world} processes')
+    if getattr(args, 'per_node', False):
+        divide_workers(args, world)
     if args.syncBN and world == 1 and rank == 0:
         print('note: --syncBN has no effect with a single process')
+
+
+def divide_workers(args, world):
+    """The released launcher's --workers are per node, divided over its GPUs (rounded up): as
+    many per process here. Prints the global batch the per-node --batch_size made."""
+    per_node = int(os.environ.get('LOCAL_WORLD_SIZE', max(world // args.nodes, 1)))
+    workers = args.num_workers
+    args.num_workers = -(-workers // per_node)
+    if args.rank == 0:
+        print(f'note: --batch_size {args.batch_size // args.nodes} and --workers {workers} are per node (the released '
+              f'launcher\'s meaning): global batch {args.batch_size} = {args.nodes} node(s) x {per_node} process(es) '
+              f'x {args.batch_size // world}, {args.num_workers} workers per process', flush=True)
 
 
 def relaunch_with_torchrun(args):
@@ -75,6 +91,7 @@ def relaunch_with_torchrun(args):
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}', f'--nnodes={args.nodes}',
            f'--node_rank={args.node_rank}', f'--master_addr={host}', f'--master_port={port}', *sys.argv]
     print(f'note: --multiprocessing-distributed: running {" ".join(cmd[1:6])} ...', flush=True)
+    os.environ[options.RELAUNCHED_ENV] = '1'  # the children keep the per-node --batch_size and --workers
     os.execv(sys.executable, cmd)
 
 
@@ -187,14 +204,25 @@ def convert_sync_batchnorm(module, device):
     return out
 
 
+def place(module, args):
+    """Move to the device; --channels_last: channels-last weights."""
+    module = module.to(args.device)
+    return channels_last(module) if args.channels_last else module
+
+
+def momentum_copy(model, args):
+    """The momentum (key) encoder of `model`, taken before distribute(model): its BatchNorm stays per
+    process whatever --syncBN makes of the online encoder's (statistics shared by all processes
+    would undo the shuffle of keys across them, MoCo's reason for it); rank 0's weights, as DDP
+    gives the online encoder."""
+    return broadcast_from_rank0(place(MomentumEncoder(model), args))
+
+
 def distribute(model, args):
-    """Move to the device (--channels_last: channels-last weights), convert BN for --syncBN, wrap
-    in DDP, then --compile."""
+    """Convert BN for --syncBN, move to the device (place), wrap in DDP, then --compile."""
     if args.syncBN and args.world_size > 1:
         model = convert_sync_batchnorm(model, args.device)
-    model = model.to(args.device)
-    if args.channels_last:
-        model = channels_last(model)
+    model = place(model, args)
     if args.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[args.device.index] if args.device.type == 'cuda' else None)

@@ -20,7 +20,7 @@ import pretraining
 import util
 from losses import BatchKeysMoCoLoss, CLSALoss
 from networks.heads import EncoderWithHead, mlp_head
-from networks.momentum import MomentumEncoder, Queue, convert_split_batchnorm, shuffled_forward
+from networks.momentum import Queue, convert_split_batchnorm, shuffled_forward
 from networks.resnet_big import build_trunk
 
 # The released crop groups at 224 px, scaled to --size when no crop option is given
@@ -33,7 +33,7 @@ def parse_option():
                                lr_decay_rate=None, weight_decay=1e-4, epochs=200, size=224)
     parser.set_defaults(dataset='imagenet')
     options.add_knn_options(parser)
-    options.add_launcher_options(parser)
+    options.add_launcher_options(parser, per_node=True)
     # The released launcher starts one process per GPU unless told otherwise: so do we, through torchrun.
     parser.set_defaults(multiprocessing_distributed=torch.cuda.is_available())
 
@@ -71,6 +71,7 @@ def parse_option():
     if args.gpu is not None or options.launched_processes() > 1:
         args.multiprocessing_distributed = False  # one GPU, or processes torchrun/srun started already
     options.check_launcher(args, given)
+    options.per_node_batch(args, given)
     options.finish_options(args, given)
     options.resolve_bn_splits(args, given)
     if args.moco_k % args.batch_size:
@@ -108,8 +109,8 @@ def set_model(args):
     model = EncoderWithHead(trunk, mlp_head(trunk.feat_dim, trunk.feat_dim, args.moco_dim))
     if args.bn_splits > 1:
         model = convert_split_batchnorm(model, args.bn_splits)
+    momentum_encoder = distributed.momentum_copy(model, args)  # before --syncBN converts the online encoder
     model = distributed.distribute(model, args)
-    momentum_encoder = MomentumEncoder(util.unwrap(model)).to(args.device)
     # One queue shared by all ranks, as MoCo's DDP-broadcast buffer: its random initial rows are rank 0's.
     queue = distributed.broadcast_from_rank0(Queue(args.moco_k, args.moco_dim).to(args.device))
     return model, momentum_encoder, queue
@@ -154,7 +155,8 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args
         keys = distributed.gather(k.float())
         queue_keys, offset = queue.keys.clone(), args.rank * bsz
         # (queries, the keys their positives are among): every weak query against the key crop's keys;
-        # with --sym, the key crop and the other weak crops also against the first weak crop's keys.
+        # with --sym, the key crop and the other weak crops also against the first weak crop's keys,
+        # which are then the ones enqueued, as released (the last branch's keys).
         branches = [(q_weak, keys)]
         if args.sym:
             branches.append((q_weak[1:] + [q_key], distributed.gather(k_first_weak.float())))
@@ -167,7 +169,7 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args
         loss = nce + args.alpha * divergence
 
         optim.step(optimizer, scaler, loss)
-        queue.enqueue(keys)
+        queue.enqueue(branches[-1][1])
 
         progress.step(idx, bsz, loss=loss, ddm_loss=divergence)
     return progress.end()

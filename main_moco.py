@@ -21,7 +21,7 @@ import pretraining
 import util
 from losses import KNNLoss, MoCoLoss
 from networks.heads import EncoderWithHead, mlp_head
-from networks.momentum import MomentumEncoder, Queue, convert_split_batchnorm, shuffled_forward
+from networks.momentum import Queue, convert_split_batchnorm, shuffled_forward
 from networks.resnet_big import build_trunk
 
 
@@ -31,7 +31,7 @@ def parse_option():
                                lr_decay_rate=0.1, weight_decay=1e-4, epochs=200, size=224)
     parser.set_defaults(dataset='imagenet')
     options.add_knn_options(parser)
-    options.add_launcher_options(parser)
+    options.add_launcher_options(parser, per_node=True)
     parser.add_argument('data', nargs='?', default=None, help='dataset folder, as MoCo takes it (= --data_folder)')
     parser.add_argument('--schedule', type=int, nargs='*', default=None,
                         help="MoCo's spelling of --lr_decay_epochs: epochs where lr drops 10x")
@@ -74,6 +74,7 @@ def parse_option():
     if args.aux_weight <= 0:
         options.refuse(given, ('aux_topk',), 'the kNN loss is off; give --aux-weight > 0 with it')
     options.check_launcher(args, given)
+    options.per_node_batch(args, given)
     options.finish_options(args, given)
     options.resolve_bn_splits(args, given)
     # Any crop option selects the Revisiting multi-crop pipeline (MoCo v2 augmentation per crop),
@@ -144,9 +145,8 @@ def set_model(args):
     model = EncoderWithHead(trunk, head)
     if args.bn_splits > 1:
         model = convert_split_batchnorm(model, args.bn_splits)
-
+    momentum_encoder = distributed.momentum_copy(model, args)  # before --syncBN converts the online encoder
     model = distributed.distribute(model, args)
-    momentum_encoder = MomentumEncoder(util.unwrap(model)).to(args.device)
     # One queue shared by all ranks, as MoCo's DDP-broadcast buffer: its random initial rows are rank 0's.
     queue = distributed.broadcast_from_rank0(Queue(args.moco_k, args.moco_dim).to(args.device))
     queue_backbone = (distributed.broadcast_from_rank0(Queue(args.moco_k, trunk.feat_dim).to(args.device))

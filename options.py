@@ -180,15 +180,17 @@ def add_video_options(parser, num_frames=8):
                    help='frames per second of frame folders (default 30; ucf101 25)')
 
 
-def add_launcher_options(parser):
-    """The launcher options of the MoCo and CLSA code, mapped onto ours."""
+def add_launcher_options(parser, per_node=False):
+    """The launcher options of the MoCo and CLSA code, mapped onto ours; `per_node`: the script gives
+    them the released meaning of --batch_size and --workers (per_node_batch)."""
+    per_node = '; --batch_size and --workers are then per node, as released' if per_node else ''
     g = parser.add_argument_group('launcher (MoCo / CLSA spellings)')
     g.add_argument('--multiprocessing_distributed', '--multiprocessing-distributed', action='store_true',
-                   help='one process per visible GPU on this node: relaunches through torchrun')
+                   help='one process per visible GPU on this node: relaunches through torchrun' + per_node)
     g.add_argument('--dist_url', '--dist-url', type=str, default='tcp://localhost:10001',
                    help='rendezvous tcp://HOST:PORT of --multiprocessing-distributed')
     g.add_argument('--nodes', '--world_size', '--world-size', type=int, default=1,
-                   help='number of nodes, with --multiprocessing-distributed')
+                   help='number of nodes, with --multiprocessing-distributed' + per_node)
     g.add_argument('--node_rank', '--rank', type=int, default=0, help='rank of this node')
     g.add_argument('--dist_backend', '--dist-backend', choices=['nccl', 'gloo'], default=None,
                    help='process-group backend (default: nccl on GPUs, gloo on CPUs)')
@@ -345,6 +347,25 @@ def check_launcher(args, given):
         refuse(given, ('dist_backend',), 'a single process starts no process group')
 
 
+# Set by distributed.relaunch_with_torchrun for the processes it starts: they are still a
+# --multiprocessing_distributed run, whatever their command line says (CLSA's is one by default).
+RELAUNCHED_ENV = 'MULTIPROCESSING_DISTRIBUTED_RELAUNCH'
+
+
+def per_node_batch(args, given):
+    """MoCo's and CLSA's launcher flags keep the released meaning of --batch_size and --workers:
+    per node, each divided over the node's GPUs, so a command of N nodes trains the published
+    batch. Under --multiprocessing_distributed (or in the processes it relaunched) or --world_size
+    nodes, args.batch_size becomes the global batch (batch x nodes) and args.per_node is set
+    (distributed.init_distributed divides the workers once the processes are known); a plain
+    python, torchrun or srun run keeps --batch_size global."""
+    args.per_node = bool(args.multiprocessing_distributed or 'nodes' in given or os.environ.get(RELAUNCHED_ENV))
+    if args.nodes < 1:
+        raise UserError(f'--world_size must be at least 1 node, got {args.nodes}')
+    if args.per_node:
+        args.batch_size *= args.nodes
+
+
 def resolve_bn_splits(args, given, shuffled=True):
     """--bn_splits: MoCo's single-process shuffle-BN emulation (BatchNorm over this many
     sub-batches, keys shuffled between them). With several processes keys are shuffled across them
@@ -390,13 +411,17 @@ def frames_of_checkpoint(args, saved_args):
 
 def name_run(args, run_name, method_folder, name_width=True):
     """SupContrast's run name (with _cosine, _warm) and folders: save/<Method>/<dataset>_models/<run>/
-    and save/<Method>/<dataset>_tensorboard/<run>/. Call after finish_options."""
+    and save/<Method>/<dataset>_tensorboard/<run>/. Call after finish_options. The trunk's width and
+    a stem other than the size's default are named (else such a run would write into, and resume
+    from, the default run's folder), unless name_width is False: run_name holds the trunk's name."""
     if args.cosine:
         run_name += '_cosine'
     if args.warm:
         run_name += '_warm'
     if name_width and args.width != 64:
         run_name += f'_width_{args.width}'
+    if name_width and args.stem != default_stem(args.size):
+        run_name += f'_stem_{args.stem}'
     args.run_name = run_name
     root = os.path.join(args.save_root, method_folder)
     args.save_folder = os.path.join(root, f'{args.dataset}_models', args.run_name)

@@ -6,7 +6,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VOC=${VOC:-./datasets/VOCdevkit/VOC2007}
 
+# Revisiting trained on 2 GPUs x 128 images: one process keeps 2 BatchNorm groups of 128
 launch main_moco.py -a resnet50 --epochs 800 --lr 0.3 --workers 16 --batch-size 256 --dataset path "$DATA" \
     --mlp --moco-t 0.2 --cos --size_crops 224 --min_scale_crops 0.2 --max_scale_crops 1.0 --num_crops 2 \
-    --output_dir save/MoCo/moco_coco_800ep
+    --output_dir save/MoCo/moco_coco_800ep $(bn_splits 2)
 launch main_svm.py --data_folder "$VOC" --ckpt save/MoCo/moco_coco_800ep/last.pth

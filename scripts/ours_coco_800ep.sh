@@ -6,8 +6,9 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 VOC=${VOC:-./datasets/VOCdevkit/VOC2007}
 
+# Revisiting trained on 2 GPUs x 128 images: one process keeps 2 BatchNorm groups of 128
 launch main_moco.py -a resnet50 --epochs 800 --lr 0.3 --workers 16 --batch-size 256 --dataset path "$DATA" \
     --mlp --moco-t 0.2 --cos --moco-m 0.995 --size_crops 160 96 --min_scale_crops 0.2 0.05 \
     --max_scale_crops 1.0 0.14 --num_crops 2 4 --constrained-cropping --auto-augment 0 2 3 4 5 \
-    --aux-topk 20 --aux-weight 0.4 --output_dir save/MoCo/ours_coco_800ep
+    --aux-topk 20 --aux-weight 0.4 --output_dir save/MoCo/ours_coco_800ep $(bn_splits 2)
 launch main_svm.py --data_folder "$VOC" --ckpt save/MoCo/ours_coco_800ep/last.pth

@@ -374,13 +374,16 @@ def replay_args(argv, monkeypatch, rank=0, world=1):
     return args
 
 
-def key_batches(argv, monkeypatch, rank=0, world=1):
-    """The key crops (view 0) of every step of epoch 1 that rank `rank` loaded: every sample's
-    augmentation is drawn from its own seed, so the batches can be loaded again."""
+KEY_CROP, FIRST_WEAK = 0, 1  # views of CLSATransform
+
+
+def view_batches(argv, monkeypatch, view, rank=0, world=1):
+    """View `view` of every step of epoch 1 that rank `rank` loaded: every sample's augmentation
+    is drawn from its own seed, so the batches can be loaded again."""
     args = replay_args(argv, monkeypatch, rank, world)
     loader, _ = main_clsa.set_loader(args)
     loader.sampler.set_epoch(1)
-    return [crops[0] for crops, _ in loader]
+    return [crops[view] for crops, _ in loader]
 
 
 def momentum_encoder(argv, monkeypatch, state, bn_splits=None):
@@ -424,15 +427,17 @@ def test_seed_command(imagenet_like, tmp_path, monkeypatch, crops, sym):
     assert ckpt['momentum_encoder'].keys() == {f'module.{k}' for k in ckpt['model']}
     assert not torch.equal(ckpt['momentum_encoder']['module.encoder.conv1.weight'], ckpt['model']['encoder.conv1.weight'])
 
-    # The queue holds the key crop's momentum keys (with --sym too, not the first weak crop's): the
+    # The queue holds the key crop's momentum keys, with --sym the first weak crop's (as released): the
     # last step's keys were computed by the momentum encoder as saved, each with its own BatchNorm
     # statistics (batch 8 in 8 splits), so they can be recomputed.
     queue = ckpt['queue']
     assert queue['keys'].shape == (32, 128) and int(queue['ptr']) == 24
     assert_unit_rows(queue['keys'])
-    keys = key_batches(argv, monkeypatch)[-1]
-    assert torch.allclose(queue['keys'][16:24], momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'])(keys)[0],
-                          atol=ATOL)
+    momentum = momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'])
+    keys = lambda view: momentum(view_batches(argv, monkeypatch, view)[-1])[0]
+    assert torch.allclose(queue['keys'][16:24], keys(FIRST_WEAK if sym else KEY_CROP), atol=ATOL)
+    if sym:  # not the key crop's, which the queue held before
+        assert not torch.allclose(queue['keys'][16:24], keys(KEY_CROP), atol=1e-2)
 
     if crops is SINGLE and sym == 0:  # CLSA's linear protocol on the checkpoint, as is
         linear_evaluation(last, imagenet_like, tmp_path / 'linear', monkeypatch)
@@ -479,7 +484,8 @@ def test_two_processes(shared_data, tmp_path, monkeypatch):
     """Global batch 4 (2 per rank), 6 steps, lr 0: the momentum encoder never moves, so every key in
     the queue can be recomputed. Under shuffle-BN each key's BatchNorm statistics are those of the
     pair of images one rank encoded, a pair drawn from the whole global batch; the queue holds the
-    key crops of both ranks in rank order, never the first weak crop's keys of --sym."""
+    keys of --sym's first weak crops (as released) of both ranks in rank order, each paired with its
+    own image (the release mixed them up across GPUs)."""
     argv = ['--dataset', 'path', '--data_folder', shared_data[0], *SINGLE, '--sym', '1', '--batch_size', '4',
             '--moco_k', '32', '--lr', '0', '--epochs', '1', '--knn_freq', '0', '--num_workers', '0', *TINY]
     proc = check_ok(run_script('main_clsa.py', *argv, '--print_freq', '1', cwd=tmp_path, torchrun=True))
@@ -490,7 +496,7 @@ def test_two_processes(shared_data, tmp_path, monkeypatch):
     assert int(ckpt['queue']['ptr']) == 6 * 4  # the global batch enqueued at every step
 
     momentum = momentum_encoder(argv, monkeypatch, ckpt['momentum_encoder'], bn_splits=1)
-    ranks = [key_batches(argv, monkeypatch, rank=r, world=2) for r in range(2)]
+    ranks = [view_batches(argv, monkeypatch, FIRST_WEAK, rank=r, world=2) for r in range(2)]
     pairings = [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]
     for step, (mine, theirs) in enumerate(zip(*ranks)):
         x, rows_ = torch.cat([mine, theirs]), queue[4 * step:4 * step + 4]
@@ -500,7 +506,7 @@ def test_two_processes(shared_data, tmp_path, monkeypatch):
             for pair in pairing:
                 keys[list(pair)] = momentum(x[list(pair)])[0]
             matches.append(torch.allclose(rows_, keys, atol=ATOL))
-        assert sum(matches) == 1, f'step {step}: queue rows are not the key crops of the global batch'
+        assert sum(matches) == 1, f'step {step}: queue rows are not the first weak crops of the global batch'
 
 
 def test_resume_matches_uninterrupted(shared_data, tmp_path):

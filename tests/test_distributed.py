@@ -3,13 +3,19 @@
 Data sharding gives each step's per-rank batches whose union is the single-process batch, and every
 sample's augmentation is drawn from its own seed, so a 2-process run repeats the 1-process run up to
 float rounding. The data set is tiny (64 images, batch 32: two steps), as training is chaotic."""
+import argparse
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import check_ok, load, make_image_folder, only_file, run_ranks, run_script, step_losses
+import distributed
+import options
+from conftest import REPO, check_ok, free_port, load, make_image_folder, only_file, run_ranks, run_script, step_losses
 
 TRUNK = ['--model', 'resnet18', '--width', '8', '--size', '32', '--num_workers', '0', '--seed', '0']
 
@@ -129,3 +135,59 @@ def test_linear_two_processes_match_one(data64, tiny_ckpt, tmp_path):
     assert_close_models(a['model'], b['model'], atol=1e-5)  # a linear classifier on frozen features
     assert a['best_acc'] == pytest.approx(b['best_acc'], abs=1e-4)
     assert val_lines(two.stdout) == val_lines(one.stdout)
+
+
+# ----------------------------------------------------------------------------- MoCo's and CLSA's launcher flags
+
+@pytest.mark.parametrize('mp, given, nodes, relaunched, batch', [
+    (False, set(), 1, False, 256),  # plain python, torchrun or srun: --batch_size is global
+    (True, set(), 1, False, 256),  # --multiprocessing_distributed on one node
+    (True, {'nodes'}, 2, False, 512),  # ... on two: 256 per node
+    (False, {'nodes'}, 2, False, 512),  # --world_size 2 under torchrun/srun
+    (False, set(), 1, True, 256),  # a process --multiprocessing_distributed relaunched (CLSA's default)
+])
+def test_launcher_flags_make_batch_size_per_node(monkeypatch, mp, given, nodes, relaunched, batch):
+    monkeypatch.delenv(options.RELAUNCHED_ENV, raising=False)
+    if relaunched:
+        monkeypatch.setenv(options.RELAUNCHED_ENV, '1')
+    args = argparse.Namespace(batch_size=256, nodes=nodes, multiprocessing_distributed=mp)
+    options.per_node_batch(args, given)
+    assert args.batch_size == batch and args.per_node == bool(mp or given or relaunched)
+
+
+@pytest.mark.parametrize('local_world_size, workers', [('8', 4), (None, 4)])  # torchrun's, or srun's tasks / nodes
+def test_launcher_flags_divide_workers_over_the_node(monkeypatch, capsys, local_world_size, workers):
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    if local_world_size:
+        monkeypatch.setenv('LOCAL_WORLD_SIZE', local_world_size)
+    args = argparse.Namespace(batch_size=512, nodes=2, num_workers=32, rank=0)
+    distributed.divide_workers(args, 16)
+    assert args.num_workers == workers  # MoCo's (32 + 8 - 1) // 8
+    assert 'global batch 512 = 2 node(s) x 8 process(es) x 32' in capsys.readouterr().out
+
+
+def test_two_nodes_train_the_global_batch_of_the_released_command(data64, tmp_path):
+    """Two 'nodes' of one CPU process each (torchrun --nnodes 2), as MoCo's launcher flags say:
+    --batch-size 16 --world-size 2 trains a global batch of 32 (16 per process), 2 steps of 64 images."""
+    train, _ = data64
+    port, procs = str(free_port()), []
+    for node in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+        for key in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', options.RELAUNCHED_ENV):
+            env.pop(key, None)
+        cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes', '2', '--node_rank', str(node),
+               '--nproc_per_node', '1', '--master_addr', '127.0.0.1', '--master_port', port,
+               os.path.join(REPO, 'main_moco.py'), '--dataset', 'path', '--data_folder', train, '--mlp',
+               '--batch-size', '16', '--world-size', '2', '--rank', str(node), '--moco-k', '128', '--epochs', '1',
+               '--knn_freq', '0', '--print_freq', '1', *TRUNK]
+        os.makedirs(tmp_path / f'node{node}')
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path / f'node{node}', env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    out = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, out):
+        assert p.returncode == 0, stderr[-3000:]
+    assert 'global batch 32 = 2 node(s) x 1 process(es) x 16' in out[0][0]
+    assert len(step_losses(out[0][0])) == 2, out[0][0]  # 64 images in batches of 32
+    ckpt = load(only_file(tmp_path / 'node0' / 'save'))
+    assert ckpt['args']['batch_size'] == 32 and ckpt['args']['world_size'] == 2
+    assert int(ckpt['queue']['ptr']) == 2 * 32

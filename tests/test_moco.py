@@ -323,6 +323,32 @@ def test_bn_splits_under_two_processes(shared_data, tmp_path):
         assert_user_error(w, tmp_path, '--bn_splits')
 
 
+def test_sync_bn_synchronises_the_online_encoder_only(shared_data, monkeypatch):
+    """--syncBN with several processes: the online encoder's BatchNorm is synchronised, the momentum
+    encoder's stays per process (shared statistics would undo the key shuffle across processes)."""
+    monkeypatch.setattr(torch.nn.parallel, 'DistributedDataParallel', lambda module, **_: module)  # no group here
+    argv = ['--dataset', 'path', '--data_folder', shared_data[0], '--batch_size', '8', '--moco_k', '32', '--mlp',
+            '--syncBN', *SMALL]
+    model, momentum, _, _ = main_moco.set_model(replay_args(argv, monkeypatch, world=2))
+    norms = lambda module: [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms(model) and all(isinstance(m, distributed._GlobalBatchNorm) for m in norms(model))
+    assert norms(momentum) and all(type(m) is torch.nn.BatchNorm2d for m in norms(momentum))
+    assert all(torch.equal(v, model.state_dict()[k[len('module.'):]]) for k, v in momentum.state_dict().items())
+
+
+@pytest.mark.parametrize('size, stem, suffix', [(32, None, ''), (32, 'cifar', ''), (32, 'imagenet', '_stem_imagenet'),
+                                                (96, 'cifar', '_stem_cifar'), (96, 'imagenet', '')])
+def test_run_folder_names_a_stem_other_than_the_default(shared_data, monkeypatch, size, stem, suffix):
+    """A --stem the size would not choose has its own run folder (it used to write into, and resume
+    from, the default stem's run of the same options)."""
+    argv = ['--dataset', 'path', '--data_folder', shared_data[0], '--batch_size', '8', '--moco_k', '32',
+            '--model', 'resnet18', '--width', '8', '--size', size, *(['--stem', stem] if stem else [])]
+    args = parse(argv, monkeypatch)
+    assert os.path.basename(args.save_folder) == f'MoCo_path_resnet18_lr_0.03_decay_0.0001_bsz_8_t_0.07_m_0.999_k_32' \
+                                                 f'_trial_0_width_8{suffix}'
+    assert os.path.basename(args.tb_folder) == os.path.basename(args.save_folder)
+
+
 # ----------------------------------------------------------------------------- user errors
 # Option and data mistakes are caught before training: main() runs in this process, under the same
 # util.run as the script's __main__ (exit status and stderr are what a process would give), which

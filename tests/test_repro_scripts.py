@@ -73,3 +73,20 @@ def test_slurm_jobs_launch_through_srun():
     assert all(c[:3] == ['srun', '--kill-on-bad-exit=1', 'python'] for c in cmds)
     cmds = commands(os.path.join(REPO, 'scripts', 'sce_imagenet_200ep.sh'), SLURM_JOB_ID='42', SRUN='0', NGPU='8')
     assert all(c[:3] == ['torchrun', '--nproc_per_node', '8'] for c in cmds)
+
+
+@pytest.mark.parametrize('script', ['moco_coco_200ep.sh', 'moco_coco_800ep.sh', 'ours_coco_200ep.sh',
+                                    'ours_coco_800ep.sh'])
+def test_coco_runs_keep_the_released_batchnorm_groups(script, monkeypatch):
+    """Revisiting's COCO runs: 2 GPUs x 128 images. One process splits BatchNorm into those 2 groups
+    (not the default 8 of 32); 2 processes shuffle keys across them, as released."""
+    monkeypatch.chdir(REPO)
+    path = os.path.join(REPO, 'scripts', script)
+    for env, launcher in (({}, ['python']), ({'SLURM_JOB_ID': '42', 'SRUN': '1', 'SLURM_NTASKS': '1'},
+                                             ['srun', '--kill-on-bad-exit=1', 'python'])):
+        pretrain = commands(path, **env)[0]
+        assert pretrain[:len(launcher)] == launcher
+        assert parse(pretrain[len(launcher):], monkeypatch).bn_splits == 2
+    for env in ({'NGPU': '2'}, {'SLURM_JOB_ID': '42', 'SRUN': '1', 'SLURM_NTASKS': '2'}):
+        pretrain = commands(path, **env)[0]
+        assert '--bn_splits' not in pretrain and '--batch-size' in pretrain, pretrain
