@@ -378,11 +378,12 @@ def test_dataset_smaller_than_one_batch(tiny_folders, tmp_path, monkeypatch, cap
 
 
 def test_resume_without_the_knn_queue(moco_v2, shared_data, tmp_path, monkeypatch, capsys):
-    """A checkpoint trained without the kNN loss has no queue_backbone to resume it with."""
+    """A checkpoint trained without the kNN loss (and so without its queue_backbone) does not resume
+    with it: the option that defines it is named."""
     _, _, last = moco_v2
     before = last.read_bytes()
     proc = run_main(['--dataset', 'path', '--data_folder', shared_data[0], *MOCO_V2, '--batch_size', '8',
                      '--moco_k', '32', '--aux-weight', '0.4', '--epochs', '3', '--knn_freq', '0', '--resume', last,
                      *SMALL], tmp_path, monkeypatch, capsys)
-    assert_user_error(proc, tmp_path, last, 'queue_backbone')
+    assert_user_error(proc, tmp_path, last, 'trained with aux_weight 0.0, this run has 0.4')
     assert last.read_bytes() == before
