@@ -117,11 +117,19 @@ class UnlabelledFolder(Dataset):
 
 def image_folder(root, transform, what):
     """ImageFolder (one sub-folder per class), or the loose images of a folder without any."""
+    if os.path.isfile(root):
+        raise UserError(f'{what} {root} is a file, not a folder of images')
     if not os.path.isdir(root):
         raise UserError(f'{what} {root} does not exist; it must hold images, or one sub-folder of images per class')
     try:
         return tvd.ImageFolder(root, transform=transform, loader=load_image)
     except FileNotFoundError as e:
+        classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        empty = [c for c in classes if not any(f.lower().endswith(tvd.folder.IMG_EXTENSIONS)
+                                               for _, _, files in os.walk(os.path.join(root, c)) for f in files)]
+        if classes and len(empty) < len(classes):
+            raise UserError(f'{what} {root}: the class folder {empty[0]} holds no images'
+                            f'{f" (nor {len(empty) - 1} others)" if len(empty) > 1 else ""}; fill or remove it')
         files = sorted(f for f in os.listdir(root) if f.lower().endswith(tvd.folder.IMG_EXTENSIONS))
         if not files:
             raise UserError(f'{what} {root} holds no images: {e}')

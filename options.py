@@ -5,6 +5,7 @@ The rule: every option either takes effect or ends the run with a one-line error
 not apply; --help shows each option's real default; `args` is complete when parse_option() returns."""
 import argparse
 import ast
+import math
 import os
 import sys
 
@@ -40,6 +41,36 @@ def parser(description):
     return Parser(description=description, formatter_class=_Formatter, add_help=False)
 
 
+# The valid range of every numeric option of every script, checked in parse() before anything runs.
+# A numeric option not named here must be finite and >= 0 (workers, seeds, epochs of a milestone...).
+POSITIVE = {'batch_size', 'batch_size_val', 'epochs', 'size', 'width', 'feat_dim', 'moco_dim', 'moco_k', 'print_freq',
+            'save_freq', 'num_frames', 'queue_size', 'proj_hidden', 'pred_hidden', 'proj_dim', 'proj_layers',
+            'test_clips', 'test_crops', 'tsne_samples', 'val_freq', 'knn_k', 'recall_k', 'nmb_crops', 'size_crops',
+            'aug_times', 'aux_topk', 'bn_splits', 'max_steps', 'nodes', 'world_size', 'num_classes', 'clip_duration',
+            'frame_rate', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
+            # temperatures divide similarities: 0 is a division by zero, not a divergence
+            'temp', 'moco_t', 'clsa_t', 'temp_m', 'knn_t'}
+FRACTION = {'moco_m', 'initial_momentum', 'coeff', 'momentum', 'crop_min_scale', 'min_scale_crops', 'max_scale_crops'}
+BELOW_ONE = {'dropout'}
+
+
+def check_ranges(parser, args):
+    """A one-line error for the first numeric option outside its range (POSITIVE, FRACTION, ...)."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.type not in (int, float) or value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            flag = max(action.option_strings, key=len) if action.option_strings else action.dest
+            if not math.isfinite(v):
+                raise UserError(f'{flag} {v}: must be a finite number')
+            name = action.dest
+            ok, rule = ((v > 0, '> 0') if name in POSITIVE else (0 <= v <= 1, 'in [0, 1]') if name in FRACTION
+                        else (0 <= v < 1, 'in [0, 1)') if name in BELOW_ONE else (v >= 0, '>= 0'))
+            if not ok:
+                raise UserError(f'{flag} {v:g}: must be {rule}')
+
+
 def parse(parser, preset=None):
     """Parse the command line; returns (args, the set of options given on it). preset(known) returns
     the defaults a pre-parsed choice selects (a recipe, a protocol), set before the real parse so
@@ -53,6 +84,7 @@ def parse(parser, preset=None):
             a.required = True
     parser.add_argument('-h', '--help', action='help', help='show this help and exit')
     args = parser.parse_args()
+    check_ranges(parser, args)
     return args, given_options(parser)
 
 
@@ -414,6 +446,8 @@ def name_run(args, run_name, method_folder, name_width=True):
     and save/<Method>/<dataset>_tensorboard/<run>/. Call after finish_options. The trunk's width and
     a stem other than the size's default are named (else such a run would write into, and resume
     from, the default run's folder), unless name_width is False: run_name holds the trunk's name."""
+    if '/' in args.trial or os.sep in args.trial or args.trial.strip('.') == '':
+        raise UserError(f'--trial {args.trial!r}: a run name part, not a path: no separators, not . or ..')
     if args.cosine:
         run_name += '_cosine'
     if args.warm:

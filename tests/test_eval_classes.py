@@ -111,3 +111,12 @@ def test_unreadable_videos_are_left_out_of_evaluation_not_copied(tmp_path, capsy
     assert labels.tolist() == [0, 1] and len(feats) == 2
     assert acc1 in (0.0, 50.0, 100.0)  # over the two readable videos
     assert 'note: 1 unreadable videos left out of this evaluation (2 evaluated)' in capsys.readouterr().out
+
+
+def test_one_empty_class_folder_is_named(tmp_path):
+    root = make_image_folder(tmp_path / 'train', 2, 2)
+    os.makedirs(os.path.join(root, 'class_9'))
+    with pytest.raises(datasets.UserError, match='the class folder class_9 holds no images'):
+        datasets.image_folder(root, None, '--data_folder')
+    with pytest.raises(datasets.UserError, match='is a file, not a folder'):
+        datasets.image_folder(os.path.join(root, 'class_0', 'img_0.png'), None, '--data_folder')

@@ -223,3 +223,42 @@ def test_released_launcher_flags_of_one_node_still_run(data, monkeypatch):
         args, error = parse(script, argv_of(script, data, ['--world-size', '1', '--rank', '0', '--dist-url',
                                                            'tcp://localhost:10001']), monkeypatch)
         assert error is None and args.nodes == 1
+
+
+def bad_values(action):
+    """Values outside the option's range, per options.POSITIVE / FRACTION / BELOW_ONE."""
+    name = action.dest
+    bad = ['0', '-1'] if name in options.POSITIVE else ['1.5', '-0.1'] if name in options.FRACTION | options.BELOW_ONE \
+        else ['-1']
+    return bad + (['nan', 'inf'] if action.type is float else [])
+
+
+@pytest.mark.parametrize('script', sorted(BASE))
+def test_every_numeric_option_out_of_range_is_one_line(script, data, monkeypatch):
+    captured = {}
+    real_parse = options.parse
+
+    def capture(parser, preset=None):
+        captured['parser'] = parser
+        return real_parse(parser, preset)
+    monkeypatch.setattr(options, 'parse', capture)
+    parse(script, argv_of(script, data), monkeypatch)
+    monkeypatch.setattr(options, 'parse', real_parse)
+    numeric = [a for a in captured['parser']._actions if a.type in (int, float) and a.option_strings]
+    assert numeric, script
+    accepted = []
+    for action in numeric:
+        flag = max(action.option_strings, key=len)
+        for value in bad_values(action):
+            args, error = parse(script, argv_of(script, data, [flag, value]), monkeypatch)
+            # the range check's line, or argparse's own for an option with choices
+            if error is None or not any(str(error).startswith(f'{f} ') or f'argument {f}' in str(error)
+                                        for f in action.option_strings):
+                accepted.append(f'{flag} {value}: {error}')
+    assert not accepted, f'{script}: out-of-range values not refused by the range check: {accepted}'
+
+
+@pytest.mark.parametrize('trial', ['../../elsewhere', 'a/b', '..'])
+def test_trial_is_not_a_path(trial, data, monkeypatch):
+    _, error = parse('main_supcon', argv_of('main_supcon', data, ['--trial', trial]), monkeypatch)
+    assert error is not None and str(error).startswith('--trial'), error
