@@ -23,6 +23,8 @@ def init_distributed(args):
     env = os.environ
     if getattr(args, 'multiprocessing_distributed', False) and 'RANK' not in env:
         relaunch_with_torchrun(args)
+    if wants_every_gpu(args, env, torch.cuda.device_count()):
+        relaunch_on_every_gpu()
     if 'RANK' in env and 'WORLD_SIZE' in env:  # torchrun
         rank, world, local = int(env['RANK']), int(env['WORLD_SIZE']), int(env.get('LOCAL_RANK', 0))
     elif int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1:  # srun, one task per GPU
@@ -46,9 +48,6 @@ def init_distributed(args):
         torch.cuda.set_device(local)
         args.device = torch.device('cuda', local)
         torch.backends.cudnn.benchmark = True
-        if world == 1 and torch.cuda.device_count() > 1 and rank == 0:
-            print(f'note: {torch.cuda.device_count()} GPUs visible, training on one; '
-                  f'use torchrun --nproc_per_node={torch.cuda.device_count()} to use them all')
     else:
         args.device = torch.device('cpu')
     if getattr(args, 'channels_last', None) is None:  # unset, or a script without the option
@@ -62,6 +61,23 @@ def init_distributed(args):
         divide_workers(args, world)
     if args.syncBN and world == 1 and rank == 0:
         print('note: --syncBN has no effect with a single process')
+
+
+def wants_every_gpu(args, env, gpus):
+    """A plain `python main_X.py` with several GPUs visible uses them all (SupContrast's DataParallel
+    did): not under torchrun or a multi-task srun, and not when --gpu picks one."""
+    launched = 'RANK' in env or int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1
+    return gpus > 1 and not launched and getattr(args, 'gpu', None) is None
+
+
+def relaunch_on_every_gpu():
+    """Re-execute this command under torchrun, one process per visible GPU on this node; --batch_size
+    stays the global batch."""
+    gpus = torch.cuda.device_count()
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={gpus}', *sys.argv]
+    print(f'note: {gpus} GPUs visible: running under torchrun, one process per GPU (--batch_size stays the global '
+          f'batch; CUDA_VISIBLE_DEVICES=0 or --gpu 0 keeps one process)', flush=True)
+    os.execv(sys.executable, cmd)
 
 
 def divide_workers(args, world):

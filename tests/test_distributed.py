@@ -191,3 +191,33 @@ def test_two_nodes_train_the_global_batch_of_the_released_command(data64, tmp_pa
     ckpt = load(only_file(tmp_path / 'node0' / 'save'))
     assert ckpt['args']['batch_size'] == 32 and ckpt['args']['world_size'] == 2
     assert int(ckpt['queue']['ptr']) == 2 * 32
+
+
+@pytest.mark.parametrize('env, gpus, gpu, wanted', [
+    ({}, 4, None, True),  # plain python with four visible GPUs: all four
+    ({}, 1, None, False), ({}, 0, None, False),
+    ({}, 4, 0, False),  # --gpu picks one
+    ({'RANK': '0', 'WORLD_SIZE': '4'}, 4, None, False),  # already under torchrun
+    ({'SLURM_STEP_NUM_TASKS': '4'}, 4, None, False),  # srun started one task per GPU
+    ({'SLURM_STEP_NUM_TASKS': '1'}, 4, None, True),  # one SLURM task holding four GPUs
+])
+def test_a_plain_run_uses_every_visible_gpu(env, gpus, gpu, wanted):
+    assert distributed.wants_every_gpu(argparse.Namespace(gpu=gpu), env, gpus) is wanted
+
+
+def test_the_relaunch_keeps_the_command_and_the_global_batch(monkeypatch, capsys):
+    ran = []
+
+    def execv(path, cmd):
+        ran.append(cmd)
+        raise SystemExit(0)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(os, 'execv', execv)
+    monkeypatch.setattr(sys, 'argv', ['main_supcon.py', '--batch_size', '256'])
+    for key in ('RANK', 'WORLD_SIZE', 'SLURM_STEP_NUM_TASKS'):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(SystemExit):
+        distributed.init_distributed(argparse.Namespace(gpu=None, batch_size=256, syncBN=False))
+    assert ran == [[sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                    'main_supcon.py', '--batch_size', '256']]
+    assert 'one process per GPU' in capsys.readouterr().out
