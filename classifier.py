@@ -29,14 +29,26 @@ def loaders(args, train_views):
 
 
 def lr_at(args, epoch, step, steps):
-    """With --warmup_epochs (SCE's video protocols; fine-tuning: 0): per step, a linear warm-up from 0,
-    then a cosine to 0. Else SupContrast's schedule (optim.supcontrast_lr) with the script's or the
-    protocol's defaults (linear: supcon x0.2 at 60, 75, 90; moco x0.1 at 60, 80; sce and clsa a
-    per-epoch cosine to 0 and to lr x 0.1^3)."""
+    """With --warmup_epochs (SCE's protocols: images 0, videos 8; fine-tuning: 0): per step, a linear
+    warm-up from 0, then a cosine to 0 (eztorch's: the first step after the warm-up at full lr, the
+    last one just above 0). With args.final_lr (main_linear's CLSA protocol): per epoch, the lincls
+    cosine of CLSA's authors from lr (the first epoch) towards final_lr, reached after the last
+    epoch, as MoCo-style code counts epochs from 0. Else SupContrast's schedule
+    (optim.supcontrast_lr) with the script's or the protocol's defaults (linear: supcon x0.2 at 60,
+    75, 90; moco x0.1 at 60, 80)."""
     if args.warmup_epochs is not None:
         return optim.warmup_cosine(args.learning_rate, (epoch - 1) * steps + step, args.warmup_epochs * steps,
                                    args.epochs * steps)
+    if getattr(args, 'final_lr', None) is not None:
+        return optim.cosine(args.learning_rate, (epoch - 1) / args.epochs, args.final_lr)
     return optim.supcontrast_lr(args, epoch, step, steps)
+
+
+def init_normal(linear):
+    """Weights N(0, 0.01), bias 0: the classifier init of MoCo's and CLSA's lincls and of
+    PyTorchVideo's heads (SCE's video probe and fine-tuning)."""
+    nn.init.normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.bias)
 
 
 class FrozenTrunk(nn.Module):

@@ -23,11 +23,12 @@ import video_augment
 from networks.resnet_big import SupCEResNet
 from video_datasets import VIDEO_DATASETS
 
-# The released fine-tuning of R3D trunks on UCF101 / HMDB51: SGD lr 0.1 per 256 clips (0.025 at
-# batch 64), no weight decay, a per-step cosine to 0 without warm-up, 200 epochs, dropout 0.8 before
-# the classifier, 224-px clips with colour jitter, validation every 5 epochs.
-VIDEO_FINETUNING = dict(batch_size=64, learning_rate=0.025, weight_decay=0.0, epochs=200, lr_decay_epochs='',
-                        warmup_epochs=0, dropout=0.8, size=224, val_freq=5)
+# The released fine-tuning of R3D trunks on UCF101 / HMDB51: SGD lr 0.1 per 256 clips, scaled with
+# the batch (0.025 at batch 64), no weight decay, a per-step cosine to 0 without warm-up, 200 epochs,
+# dropout 0.8 before the classifier (its head initialised as PyTorchVideo's: N(0, 0.01), bias 0),
+# 224-px clips with colour jitter, validation every 5 epochs.
+VIDEO_FINETUNING = dict(batch_size=64, learning_rate=None, lr_per_256=0.1, weight_decay=0.0, epochs=200,
+                        lr_decay_epochs='', warmup_epochs=0, dropout=0.8, size=224, val_freq=5)
 
 
 def parse_option():
@@ -39,7 +40,13 @@ def parse_option():
     parser.add_argument('--dropout', type=float, default=0.0, help='dropout before the classifier')
     options.add_classifier_options(parser)
     options.add_video_options(parser, num_frames=None)
+    # add_common_options declares --learning_rate; its help says how videos default it
+    next(a for a in parser._actions if a.dest == 'learning_rate').help = (
+        f'learning rate; videos: {VIDEO_FINETUNING["lr_per_256"]} per 256 clips x --batch_size / 256 unless given '
+        f'(0.025 at batch 64)')
     args, given = options.parse(parser, lambda known: VIDEO_FINETUNING if known.dataset in VIDEO_DATASETS else {})
+    if args.learning_rate is None:  # the video fine-tuning scales the rate with the batch
+        args.learning_rate = args.lr_per_256 * args.batch_size / 256
     options.check_classifier_options(args, given)
     if args.warmup_epochs is None:
         options.check_schedule(args, given)
@@ -80,12 +87,19 @@ def set_model(args):
         trunk = checkpoints.trunk_state_dict(args.pretrained_ckpt)
         checkpoints.load_state(model.encoder, trunk, f'--pretrained {args.pretrained}')
         del args.pretrained_ckpt  # not an option: keep it out of the saved args
+    if args.dataset in VIDEO_DATASETS:  # the released fine-tuning's head: PyTorchVideo's init
+        classifier.init_normal(model.fc)
     return distributed.distribute(model, args)
 
 
 def main():
     args = parse_option()
     ckpt = distributed.start(args)
+    if util.is_main() and args.dataset in VIDEO_DATASETS:
+        scaled = args.learning_rate == args.lr_per_256 * args.batch_size / 256
+        print(f'video fine-tuning: lr {args.learning_rate:g}'
+              + (f' (= {args.lr_per_256:g} per 256 clips x batch {args.batch_size} / 256)' if scaled else '')
+              + f', epochs {args.epochs}', flush=True)
     train_loader, val_loader = set_loader(args)
     model = set_model(args)
     classifier.fit(model, model, 'SupCE', train_loader, val_loader, ckpt, args)
