@@ -31,6 +31,11 @@ VIDEO_FINETUNING = dict(batch_size=64, learning_rate=None, lr_per_256=0.1, weigh
                         lr_decay_epochs='', warmup_epochs=0, dropout=0.8, size=224, val_freq=5)
 
 
+def video_lr(args):
+    """--lr_per_256 scaled to the batch, rounded so that the run name shows 0.00234375, not float noise."""
+    return round(args.lr_per_256 * args.batch_size / 256, 12)
+
+
 def parse_option():
     parser = options.parser('cross-entropy training / fine-tuning')
     options.add_common_options(parser, batch_size=256, learning_rate=0.2, lr_decay_epochs='350,400,450',
@@ -46,7 +51,7 @@ def parse_option():
         f'(0.025 at batch 64)')
     args, given = options.parse(parser, lambda known: VIDEO_FINETUNING if known.dataset in VIDEO_DATASETS else {})
     if args.learning_rate is None:  # the video fine-tuning scales the rate with the batch
-        args.learning_rate = args.lr_per_256 * args.batch_size / 256
+        args.learning_rate = video_lr(args)
     options.check_classifier_options(args, given)
     if args.warmup_epochs is None:
         options.check_schedule(args, given)
@@ -96,7 +101,7 @@ def main():
     args = parse_option()
     ckpt = distributed.start(args)
     if util.is_main() and args.dataset in VIDEO_DATASETS:
-        scaled = args.learning_rate == args.lr_per_256 * args.batch_size / 256
+        scaled = args.learning_rate == video_lr(args)
         print(f'video fine-tuning: lr {args.learning_rate:g}'
               + (f' (= {args.lr_per_256:g} per 256 clips x batch {args.batch_size} / 256)' if scaled else '')
               + f', epochs {args.epochs}', flush=True)

@@ -449,8 +449,10 @@ def linear_evaluation(last, data, cwd, monkeypatch):
     args = main_linear.parse_option()
     assert (args.learning_rate, args.weight_decay, args.epochs, args.fc_init, args.cosine) == (10.0, 0.0, 100, 'normal', True)
     assert (args.model, args.width, args.size) == ('resnet18', 8, 32)  # from the checkpoint
-    assert classifier.lr_at(args, 100, 0, 10) == pytest.approx(0.01)  # cosine down to 0.01
-    assert classifier.lr_at(args, 50, 3, 10) == pytest.approx(0.01 + 9.99 / 2)
+    # CLSA's cosine over epochs counted from 0, from lr towards 0.01
+    assert classifier.lr_at(args, 1, 0, 10) == pytest.approx(10.0)
+    assert classifier.lr_at(args, 51, 3, 10) == pytest.approx(0.01 + 9.99 / 2)
+    assert classifier.lr_at(args, 100, 0, 10) == pytest.approx(0.01 + 9.99 * (1 + math.cos(math.pi * 0.99)) / 2)
 
     proc = check_ok(run_script('main_linear.py', *argv, '--batch_size', '8', '--epochs', '1', '--num_workers', '0',
                                '--seed', '0', cwd=cwd))
