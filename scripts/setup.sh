@@ -2,6 +2,7 @@
 # since it was made, then activates it. Sourced by quickstart.sh and test.sh, so that both work in a
 # fresh clone without any activation; run on its own (bash scripts/setup.sh) it only installs.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "${DRY_RUN:-0}" = 1 ]; then return 0 2>/dev/null || exit 0; fi  # common.sh's DRY_RUN: print commands only
 VENV="$REPO/.venv"
 STAMP="$VENV/requirements.sha256"
 WANT="$(sha256sum "$REPO/requirements.txt" | cut -d' ' -f1)"
