@@ -2,7 +2,6 @@
 no traceback, and no checkpoint written. A non-finite loss stops training naming epoch and step and
 keeps the last good checkpoint."""
 import os
-import shutil
 
 import pytest
 import torch
