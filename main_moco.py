@@ -7,6 +7,8 @@ Contrastive Methods for Unsupervised Learning of Visual Representations" (Van Ga
         --size_crops 160 96 --min_scale_crops 0.2 0.05 --max_scale_crops 1.0 0.14 --num_crops 2 4 \
         --constrained-cropping --auto-augment 0 2 3 4 5 --aux-topk 20 --aux-weight 0.4
 """
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -65,6 +67,8 @@ def parse_option():
     if args.data is not None:
         options.refuse(given, ('data_folder',), 'the positional data folder names it already; give one of them')
         args.data_folder = args.data
+        if 'dataset' not in given:  # MoCo's ImageNet root (train/, val/), or Revisiting's COCO train2017/
+            args.dataset = 'imagenet' if os.path.isdir(os.path.join(args.data, 'train')) else 'path'
     if args.schedule is not None:
         options.refuse(given, ('lr_decay_epochs',), '--schedule is MoCo\'s spelling of it; give one of them')
         args.lr_decay_epochs = ','.join(map(str, args.schedule))

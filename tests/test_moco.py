@@ -387,3 +387,14 @@ def test_resume_without_the_knn_queue(moco_v2, shared_data, tmp_path, monkeypatc
                      *SMALL], tmp_path, monkeypatch, capsys)
     assert_user_error(proc, tmp_path, last, 'trained with aux_weight 0.0, this run has 0.4')
     assert last.read_bytes() == before
+
+
+def test_a_positional_folder_picks_its_dataset(tmp_path, monkeypatch):
+    """MoCo's positional folder is ImageNet's root; Revisiting's COCO command passes train2017/ of
+    loose images: neither needs --dataset."""
+    coco = tmp_path / 'train2017'
+    coco.mkdir()
+    assert parse([coco, '--batch-size', '8'], monkeypatch).dataset == 'path'
+    (tmp_path / 'imagenet' / 'train').mkdir(parents=True)
+    assert parse([tmp_path / 'imagenet', '--batch-size', '8'], monkeypatch).dataset == 'imagenet'
+    assert parse([coco, '--dataset', 'imagenet', '--batch-size', '8'], monkeypatch).dataset == 'imagenet'
