@@ -24,6 +24,7 @@ def loaders(args, train_views):
     views = train_views(*datasets.mean_std(args))
     train_set = (video_dataset(args, True, views) if args.dataset in VIDEO_DATASETS
                  else datasets.image_dataset(args, True, views))
+    datasets.require_labels(train_set, 'a classifier')
     args.n_classes = datasets.num_classes(args, train_set)
     return datasets.train_loader(train_set, args), datasets.eval_loader(datasets.eval_dataset(args, False), args)
 

@@ -58,6 +58,8 @@ def parse_option():
             raise util.UserError(f'--{name} must be positive, got {values}')
     if not args.tsne:
         options.refuse(given, ('tsne_samples',), 'it sizes the t-SNE figure: give --tsne FIGURE too')
+    if args.tsne:
+        options.check_output_file(args.tsne, '--tsne')
     if args.tsne and os.path.splitext(args.tsne)[1].lower() not in FIGURE_TYPES:
         raise util.UserError(f'--tsne {args.tsne}: name a figure file ending in {", ".join(FIGURE_TYPES)}')
     options.parse_mean_std(args)

@@ -130,7 +130,9 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--trial', type=str, default='0', help='id appended to the run name')
     g.add_argument('--seed', type=int, default=None, help='seed every RNG (per process: seed + rank); default: random')
     g.add_argument('--resume', nargs='?', const='auto', default=None, metavar='CKPT',
-                   help='continue from CKPT, or from the run folder\'s last.pth when no path is given')
+                   help='continue from CKPT, or from the run folder\'s last.pth when no path is given; the options '
+                        'that define the run must be the checkpoint\'s, only --epochs, the print, save and kNN '
+                        'frequencies, workers, data and output folders, --trial and the speed options may change')
     g.add_argument('--overwrite', action='store_true',
                    help='replace an earlier run in the run folder (without it, or --resume, a folder holding '
                         'last.pth is refused)')
@@ -259,6 +261,23 @@ def add_extraction_options(parser, features_dir, num_workers=16):
     return g
 
 
+def check_output_file(path, flag):
+    """Before any work: `path` can be written as a file (not a folder; its folder creatable)."""
+    if os.path.isdir(path):
+        raise UserError(f'{flag} {path} is a folder; name the file to write')
+    check_output_folder(os.path.dirname(os.path.abspath(path)), flag)
+
+
+def check_output_folder(path, flag):
+    """Before any work: `path` is, or can be made, a writable folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'{flag}: cannot write {e.filename or path}: {e.strerror}')
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f'{flag}: cannot write {path}: permission denied')
+
+
 def finish_extraction_options(args, features_dir):
     """Checks and derives what add_extraction_options declared; `features_dir`: the cache folder's
     default name, a format of {name} (the checkpoint file's name without extension)."""
@@ -268,6 +287,7 @@ def finish_extraction_options(args, features_dir):
     if args.features_dir is None:
         name = os.path.splitext(os.path.basename(args.ckpt))[0]
         args.features_dir = os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), features_dir.format(name=name))
+    check_output_folder(args.features_dir, '--features_dir')
     args.syncBN = False  # read by the distributed set-up; nothing is trained here
     args.batch_size_val = args.batch_size
 

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import checkpoint_layouts  # noqa: E402
 import checkpoints  # noqa: E402
+import options  # noqa: E402
 import util  # noqa: E402
 from networks.resnet_big import build_trunk  # noqa: E402
 
@@ -126,6 +127,7 @@ def to_pytorchvideo(ckpt):
 
 def main():
     args = parse_option()
+    options.check_output_file(args.out, '--out')
     ckpt = checkpoints.load_checkpoint(args.ckpt)
     exported = {'torchvision': to_torchvision, 'detectron2': to_detectron2,
                 'pytorchvideo': to_pytorchvideo}[args.format](ckpt)

@@ -22,6 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from options import check_output_folder  # noqa: E402
 from util import UserError, run  # noqa: E402
 
 SUPCONTRAST = 'SupContrast README'
@@ -197,6 +198,8 @@ def main():
     for root in args.roots:
         if not os.path.isdir(root):
             raise UserError(f'{root} is not a folder; name the save/ folders of your runs')
+    if args.curves:
+        check_output_folder(args.curves, '--curves')
     lines, runs = summarize(args.roots)
     if not runs:
         raise UserError(f'no runs (folders with last.pth) under {", ".join(args.roots)}')

@@ -52,6 +52,8 @@ def test_supervised_objectives_refuse_loose_images(tmp_path):
     proc = run_script('main_supcon.py', *base, '--method', 'SimCLR', '--test_folder', test, '--knn_freq', '1',
                       cwd=tmp_path / 'knn')
     assert_user_error(proc, tmp_path / 'knn', 'kNN monitor', 'needs labels')
+    proc = run_script('main_ce.py', *base, '--test_folder', test, cwd=tmp_path / 'ce')  # 1 class: 100 % accuracy
+    assert_user_error(proc, tmp_path / 'ce', 'a classifier needs labels')
 
 
 @pytest.mark.parametrize('mode, pixels, want', [

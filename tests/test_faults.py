@@ -13,7 +13,7 @@ import torch.nn as nn
 import checkpoints
 import optim
 import util
-from conftest import REPO, check_ok, load, run_script
+from conftest import REPO, SMALL, check_ok, load, run_script
 
 
 class Tiny(nn.Module):
@@ -102,3 +102,26 @@ def test_resume_refuses_options_that_define_the_run_and_lets_the_others_change()
         changed = argparse.Namespace(**{**vars(now), name: value})
         with pytest.raises(util.UserError, match=rf'--resume x was trained with {name} .*--{name}'):
             checkpoints.check_same_run(saved, changed, '--resume x')
+
+
+@pytest.mark.parametrize('script, flag, kind', [
+    ('main_supcon.py', '--save_root', 'under_a_file'), ('main_supcon.py', '--output_dir', 'under_a_file'),
+    ('main_retrieval.py', '--features_dir', 'under_a_file'), ('main_retrieval.py', '--tsne', 'a_folder'),
+    ('main_retrieval.py', '--tsne', 'under_a_file'), ('scripts/export_trunk.py', '--out', 'a_folder'),
+    ('scripts/summarize.py', '--curves', 'under_a_file')])
+def test_outputs_that_cannot_be_written_end_in_one_line_before_any_work(script, flag, kind, tmp_path, tiny_ckpt,
+                                                                         shared_data):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('x')
+    target = blocker / 'out.png' if kind == 'under_a_file' else tmp_path
+    base = {'main_supcon.py': ['--dataset', 'path', '--data_folder', shared_data[0], '--epochs', '1', '--knn_freq',
+                               '0', '--batch_size', '8', *SMALL],
+            'main_retrieval.py': ['--ckpt', tiny_ckpt, '--dataset', 'path', '--data_folder', shared_data[0],
+                                  '--test_folder', shared_data[1], '--num_workers', '0'],
+            'scripts/export_trunk.py': ['--ckpt', tiny_ckpt, '--format', 'torchvision'],
+            'scripts/summarize.py': [os.path.dirname(tiny_ckpt)]}[script]
+    proc = run_script(script, *base, flag, target, cwd=tmp_path)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert flag in lines[0] or 'cannot write' in lines[0], lines
+    assert 'epoch 1' not in proc.stdout and 'extracted' not in proc.stdout  # refused before any work
