@@ -141,7 +141,7 @@ def load_state(module, state_dict, what):
         raise UserError(f'{what} does not fit the model: {detail}')
 
 
-_held_locks = []  # open run folders, flock'ed: the lock lasts as long as the process
+_held_locks = {}  # run folder -> its open, flock'ed descriptor: the lock lasts as long as the process
 
 
 def claim_run_folder(args, resuming):
@@ -180,22 +180,23 @@ def _claim(args, resuming):
             return f'cannot write {path}: permission denied'
     # the lock is on the folder itself; .lock only names the holder, for the message, while it runs
     holder_file, me = os.path.join(folder, '.lock'), f'pid {os.getpid()} on {socket.gethostname()}'
-    lock = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock)
+    if os.path.realpath(folder) not in _held_locks:  # else a later run in this process (scripts/gpu_check.py)
+        lock = os.open(folder, os.O_RDONLY)
         try:
-            holder = open(holder_file).read().strip()
-        except OSError:
-            holder = 'unknown'
-        return f'{folder} is in use by another run ({holder}): wait for it to end, or give this run another --trial'
-    except OSError:  # a filesystem without locks: run unlocked rather than not at all
-        print(f'note: {folder} cannot be locked on this filesystem; do not start two runs into it')
-    with open(holder_file, 'w') as f:
-        f.write(me + '\n')
-    _held_locks.append(lock)
-    atexit.register(_release, holder_file, me)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            try:
+                holder = open(holder_file).read().strip()
+            except OSError:
+                holder = 'unknown'
+            return f'{folder} is in use by another run ({holder}): wait for it to end, or give this run another --trial'
+        except OSError:  # a filesystem without locks: run unlocked rather than not at all
+            print(f'note: {folder} cannot be locked on this filesystem; do not start two runs into it')
+        with open(holder_file, 'w') as f:
+            f.write(me + '\n')
+        _held_locks[os.path.realpath(folder)] = lock
+        atexit.register(_release, holder_file, me)
     for name in os.listdir(folder):  # we hold the lock: no one else is writing here
         if re.fullmatch(r'.+\.tmp\d+', name):
             os.remove(os.path.join(folder, name))

@@ -271,7 +271,7 @@ def start(args):
     init_distributed(args)
     util.set_seed(args)
     ckpt = checkpoints.resume_checkpoint(args)
-    if not getattr(args, 'test', None):  # --test reads a finished run and writes nothing
+    if not getattr(args, 'test', None) and not getattr(args, 'max_steps', None):  # these write nothing
         checkpoints.claim_run_folder(args, resuming=ckpt is not None)
     if ckpt:
         args.data_seed = ckpt['args']['data_seed']

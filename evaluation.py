@@ -125,7 +125,8 @@ def extract_features(trunk, loader, args, normalize=True):
         m = max(counts)
         order = [r * m + i for i in range(m) for r in range(world_size()) if i < counts[r]]
         feats, labels = feats[order], labels[order]
-    readable = labels >= 0  # -1: an unreadable video (video_datasets.VideoClips), left out
+    # -1: an unreadable video (video_datasets.VideoClips), left out; multi-label rows (VOC) are all kept
+    readable = labels >= 0 if labels.dim() == 1 else labels.new_ones(len(labels), dtype=torch.bool)
     report_left_out(int((~readable).sum()), int(readable.sum()))
     return feats[readable], labels[readable]
 
@@ -137,12 +138,14 @@ def checkpoint_file_key(path):
     return {'ckpt': os.path.abspath(path), 'ckpt_bytes': stat.st_size, 'ckpt_mtime_ns': stat.st_mtime_ns}
 
 
-def folder_fingerprint(folder):
+def folder_fingerprint(folder, exclude=None):
     """A digest of every file under `folder` (relative path, size, modification time): cached
-    features of a folder whose files were added, removed or rewritten are not reused."""
+    features of a folder whose files were added, removed or rewritten are not reused. `exclude`:
+    a folder left out (the feature cache itself, when it lies inside the data)."""
     digest = hashlib.sha1()
+    skip = os.path.realpath(exclude) if exclude else None
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for name in sorted(files):
             path = os.path.join(root, name)
             stat = os.stat(path)

@@ -95,7 +95,8 @@ def feature_key(args):
     key = {**checkpoint_file_key(args.ckpt), 'epoch': args.pretrained['epoch'], 'dataset': args.dataset, 'data_folder': folder(args.data_folder),
            'test_folder': folder(args.test_folder), 'size': args.size, 'mean': args.mean, 'std': args.std}
     if args.dataset in ('path', 'imagenet') or args.dataset in VIDEO_DATASETS:  # folders the user may change
-        key['files'] = {name: folder_fingerprint(getattr(args, name)) for name in ('data_folder', 'test_folder')
+        key['files'] = {name: folder_fingerprint(getattr(args, name), exclude=args.features_dir)
+                        for name in ('data_folder', 'test_folder')
                         if getattr(args, name) and os.path.isdir(getattr(args, name))}
     if args.dataset in VIDEO_DATASETS:
         key.update({name: getattr(args, name) for name in ('num_frames', 'clip_duration', 'test_clips', 'test_crops',

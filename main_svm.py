@@ -47,7 +47,7 @@ def set_loader(args):
 def features(args):
     """{split: (L2-normalised features, labels [N, 20])} as numpy, cached per checkpoint file and data."""
     key = {**checkpoint_file_key(args.ckpt), 'data': os.path.abspath(args.data_folder), 'size': args.size,
-           'files': folder_fingerprint(args.data_folder)}
+           'files': folder_fingerprint(args.data_folder, exclude=args.features_dir)}
 
     def extract():
         trunk = checkpoints.pretrained_trunk(args.pretrained, f'--ckpt {args.ckpt}').to(args.device)

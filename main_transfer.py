@@ -119,7 +119,7 @@ def features_of(name, trunk, args):
     """{split: (features [N, D], labels)} as numpy; cached per checkpoint file, dataset and size."""
     key = {**checkpoint_file_key(args.ckpt), 'size': args.size, 'seed': args.seed,
            'folder': os.path.abspath(args.data_folder) if name == 'folder' else os.path.abspath(args.data_root),
-           'files': folder_fingerprint(args.data_folder) if name == 'folder' else None}
+           'files': folder_fingerprint(args.data_folder, exclude=args.features_dir) if name == 'folder' else None}
     transform = T.Compose([T.Resize(args.size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(args.size),
                            T.ToTensor(), T.Normalize(*datasets.MEAN_STD['imagenet'])])
 

@@ -183,7 +183,7 @@ def test_retrieval_bad_input_is_one_line(tmp_path, monkeypatch):
                       tmp_path, 'nope.pth', 'does not exist')
     parse_option = importlib.import_module('main_retrieval').parse_option
     for argv, message in ((['--tsne', 'out.txt'], '--tsne out.txt: name a figure file ending in .png'),
-                          (['--knn_k', '10', '0'], '--knn_k must be positive')):
+                          (['--knn_k', '10', '0'], '--knn_k 0: must be > 0')):
         monkeypatch.setattr('sys.argv', ['main_retrieval.py', '--ckpt', 'x.pth', *argv])
         with pytest.raises(util.UserError, match=re.escape(message)):
             parse_option()

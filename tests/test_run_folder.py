@@ -59,7 +59,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(folder, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
         assert 'in use by another run' in lines[0] and f'pid {os.getpid()}' in lines[0], lines
     finally:
-        os.close(checkpoints._held_locks.pop())
+        os.close(checkpoints._held_locks.pop(os.path.realpath(run)))
     check_ok(run_script('main_supcon.py', *supcon(folder, '--epochs', '2', '--resume', 'auto'), cwd=tmp_path))
 
 
@@ -74,7 +74,8 @@ def test_temporary_files_of_interrupted_saves_are_removed(folder, tmp_path):
 
 def test_sigterm_at_random_moments_then_resume_ends_as_an_uninterrupted_run(folder, tmp_path):
     full = tmp_path / 'full'
-    check_ok(run_script('main_supcon.py', *supcon(folder), cwd=full))
+    epochs = ['--epochs', '12']  # 36 steps: time for several interruptions
+    check_ok(run_script('main_supcon.py', *supcon(folder, *epochs), cwd=full))
     want = load(only_file(full / 'save'))
 
     cwd = tmp_path / 'stopped'
@@ -84,13 +85,20 @@ def test_sigterm_at_random_moments_then_resume_ends_as_an_uninterrupted_run(fold
     statuses = []
     for attempt in range(6):
         resume = ['--resume', 'auto'] if (cwd / 'save').exists() else []
-        proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main_supcon.py'), *supcon(folder, *resume)],
+        proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'main_supcon.py'),
+                                 *supcon(folder, *epochs, *resume)],
                                 cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(3, 12))  # start-up takes 3-6 s; an epoch of 3 steps about as long
+        target, steps = rng.randint(1, 12), 0  # after a random training step (the handlers are in place) ...
+        for line in proc.stdout:
+            steps += line.startswith('Train: [')
+            if steps == target:
+                break
+        time.sleep(rng.uniform(0, 0.3))  # ... and a random moment after it: a step, or an epoch's save
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
         statuses.append(proc.returncode)
-        # -SIGTERM: killed while still importing, before anything was written
+        # -SIGTERM: the signal came while the interpreter was shutting down after a finished run, when
+        # Python has already restored the default handlers
         assert proc.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM), err
         if proc.returncode == 128 + signal.SIGTERM:
             assert 'stopped by SIGTERM' in err and 'Traceback' not in err, err
@@ -102,7 +110,7 @@ def test_sigterm_at_random_moments_then_resume_ends_as_an_uninterrupted_run(fold
     run = run_folder(cwd)
     assert not [n for n in os.listdir(run) if '.tmp' in n]
     got = load(os.path.join(run, 'last.pth'))
-    assert got['epoch'] == want['epoch'] == EPOCHS
+    assert got['epoch'] == want['epoch'] == 12
     for key, value in want['model'].items():
         assert torch.equal(got['model'][key], value), key
 

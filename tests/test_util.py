@@ -312,7 +312,7 @@ def test_seeded_sampler_pads_like_distributed_sampler_and_shard_sampler_does_not
 
 
 def test_bad_option_values_are_user_errors(monkeypatch):
-    with pytest.raises(util.UserError, match='--batch_size must be positive'):
+    with pytest.raises(util.UserError, match='--batch_size 0: must be > 0'):
         parse('main_supcon', ['--batch_size', '0'], monkeypatch)
     with pytest.raises(util.UserError, match='--lr_decay_epochs must be comma-separated integers'):
         parse('main_ce', ['--lr_decay_epochs', '10,x'], monkeypatch)
