@@ -88,8 +88,9 @@ def save_epoch(args, epoch, *, method, model, optimizer, scaler, state=None, bes
     """last.pth after every epoch (what --resume reads), ckpt_epoch_N.pth every --save_freq, and
     best.pth when `best` (the best validation accuracy so far). `state`: the method's extra modules
     by name (queue, momentum encoder), restored by restore(); `values`: plain numbers (best_acc)."""
-    bad = next((name for name, t in unwrap(model).state_dict().items()
-                if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    weights = {name: t for name, t in unwrap(model).state_dict().items() if t.is_floating_point()}
+    finite = torch.stack([torch.isfinite(t).all() for t in weights.values()]).tolist()  # one host sync
+    bad = next((name for name, ok in zip(weights, finite) if not ok), None)
     if bad is not None:  # the loss may not show it yet (one step of a too high rate): keep the good checkpoint
         kept = f'{args.last_good} is kept' if args.last_good else 'no checkpoint was written'
         raise UserError(f'the weights became non-finite in epoch {epoch} ({bad}; learning rate too high?): nothing '

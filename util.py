@@ -143,7 +143,8 @@ class EpochProgress:
         prints and guards, so a non-finite loss on any rank stops all of them at the same step."""
         stop = stop_requested()
         if world_size() > 1:  # one all_reduce: the values' means, and whether any rank was signalled
-            mean = torch.stack([v.detach().float() for v in values.values()] + [values['loss'].new_tensor(stop)])
+            flag = values['loss'].new_full((), float(stop))  # a fill on the device, no host-to-device copy
+            mean = torch.stack([v.detach().float() for v in values.values()] + [flag])
             dist.all_reduce(mean)
             values = dict(zip(values, mean[:-1] / world_size()))
             # all ranks stop at the same step, read where the progress line syncs anyway

@@ -133,12 +133,8 @@ def data(tmp_path_factory, tiny_ckpt):
                 ckpt=tiny_ckpt, voc=make_voc(root / 'voc'), folder=root)
 
 
-@pytest.mark.parametrize('script', sorted(BASE))
-def test_every_option_takes_effect_or_is_refused(script, data, monkeypatch, tmp_path):
-    base, error = parse(script, argv_of(script, data), monkeypatch)
-    assert error is None, error
-    base = vars(base)
-    parser_options = []
+def script_parser(script, data, monkeypatch):
+    """The parser the script's parse_option() builds, with every option it declares."""
     captured = {}
     real_parse = options.parse
 
@@ -148,7 +144,16 @@ def test_every_option_takes_effect_or_is_refused(script, data, monkeypatch, tmp_
     monkeypatch.setattr(options, 'parse', capture)
     parse(script, argv_of(script, data), monkeypatch)
     monkeypatch.setattr(options, 'parse', real_parse)
-    for action in captured['parser']._actions:
+    return captured['parser']
+
+
+@pytest.mark.parametrize('script', sorted(BASE))
+def test_every_option_takes_effect_or_is_refused(script, data, monkeypatch, tmp_path):
+    base, error = parse(script, argv_of(script, data), monkeypatch)
+    assert error is None, error
+    base = vars(base)
+    parser_options = []
+    for action in script_parser(script, data, monkeypatch)._actions:
         if action.dest in EXEMPT or action.dest == argparse.SUPPRESS:
             continue
         words = changed_value(action)
@@ -235,16 +240,8 @@ def bad_values(action):
 
 @pytest.mark.parametrize('script', sorted(BASE))
 def test_every_numeric_option_out_of_range_is_one_line(script, data, monkeypatch):
-    captured = {}
-    real_parse = options.parse
-
-    def capture(parser, preset=None):
-        captured['parser'] = parser
-        return real_parse(parser, preset)
-    monkeypatch.setattr(options, 'parse', capture)
-    parse(script, argv_of(script, data), monkeypatch)
-    monkeypatch.setattr(options, 'parse', real_parse)
-    numeric = [a for a in captured['parser']._actions if a.type in (int, float) and a.option_strings]
+    numeric = [a for a in script_parser(script, data, monkeypatch)._actions
+               if a.type in (int, float) and a.option_strings]
     assert numeric, script
     accepted = []
     for action in numeric:

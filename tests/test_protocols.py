@@ -138,6 +138,17 @@ def test_video_linear_probe_head_is_initialised_as_pytorchvideo(tmp_path, monkey
     assert_normal_head(probe.classifier.fc)  # 400 x 32 weights
 
 
+def start_until_the_data(module, args, monkeypatch):
+    """module.main() with these args, stopped where it would build its loaders (what it printed
+    before stays in capsys)."""
+    def stop(args):
+        raise util.UserError('stopped before the data')
+    monkeypatch.setattr(module, 'parse_option', lambda: args)
+    monkeypatch.setattr(module, 'set_loader', stop)
+    with pytest.raises(util.UserError, match='stopped before the data'):
+        module.main()
+
+
 def finetuning_args(tmp_path, monkeypatch, *extra):
     return parse(main_ce, ['--pretrained', video_ckpt(tmp_path), '--dataset', 'ucf101', '--data_folder', tmp_path,
                            '--num_frames', '2', *extra], monkeypatch)
@@ -159,13 +170,7 @@ def test_video_finetuning_rate_scales_with_the_batch(tmp_path, monkeypatch, batc
 def test_video_finetuning_rate_is_printed_and_documented(tmp_path, monkeypatch, capsys):
     assert finetuning_args(tmp_path, monkeypatch, '--learning_rate', '0.3').learning_rate == 0.3  # given: as is
     args = finetuning_args(tmp_path, monkeypatch, '--batch_size', '128')
-    monkeypatch.setattr(main_ce, 'parse_option', lambda: args)
-
-    def stop(args):
-        raise util.UserError('stopped before the data')
-    monkeypatch.setattr(main_ce, 'set_loader', stop)
-    with pytest.raises(util.UserError):
-        main_ce.main()
+    start_until_the_data(main_ce, args, monkeypatch)
     assert 'video fine-tuning: lr 0.05 (= 0.1 per 256 clips x batch 128 / 256), epochs 200' in capsys.readouterr().out
     text = ' '.join(run_script('main_ce.py', '--help', '--dataset', 'ucf101', cwd=tmp_path).stdout.split())
     assert 'videos: 0.1 per 256 clips x --batch_size / 256 unless given (0.025 at batch 64)' in text
@@ -273,13 +278,7 @@ def test_protocol_of_a_linear_probe_and_of_video(tiny_ckpt, shared_data, tmp_pat
 
 def test_the_applied_protocol_is_printed(tiny_ckpt, shared_data, tmp_path, monkeypatch, capsys):
     args = linear_args(relabelled(tiny_ckpt, tmp_path, 'SCE'), shared_data, monkeypatch, '--batch_size', '512')
-    monkeypatch.setattr(main_linear, 'parse_option', lambda: args)
-
-    def stop(args):
-        raise util.UserError('stopped before the data')
-    monkeypatch.setattr(main_linear, 'set_loader', stop)
-    with pytest.raises(util.UserError):
-        main_linear.main()
+    start_until_the_data(main_linear, args, monkeypatch)
     assert capsys.readouterr().out.splitlines()[0] == (
         'linear protocol sce (a SCE checkpoint): lr 0.2 (= 0.1 per 256 x batch 512 / 256), epochs 90, weight decay 0, '
         'fc init normal, dataset path')
