@@ -9,7 +9,7 @@ import datasets
 import distributed
 import optim
 import util
-from evaluation import Validation, test_checkpoint
+from evaluation import KNNMonitor, Validation, test_checkpoint
 from video_datasets import VIDEO_DATASETS, video_dataset
 
 
@@ -88,8 +88,9 @@ def train(loader, model, optimizer, scaler, epoch, args):
     return progress.end()
 
 
-def fit(model, saved, method, train_loader, val_loader, ckpt, args):
+def fit(model, saved, method, train_loader, val_loader, ckpt, args, knn_loaders=None):
     """The run: resume `ckpt`, then each epoch train `model`, validate every --val_freq epochs, log,
+    run the kNN monitor on the trunk when `knn_loaders` are given (main_ce --knn_freq),
     and save `saved` (what the checkpoints hold: the model, or main_linear's probe with its trunk),
     best.pth at the best validation top-1; finally print the best accuracy. With --test, only
     evaluate `saved` (loaded from --ckpt) on the validation split."""
@@ -101,11 +102,13 @@ def fit(model, saved, method, train_loader, val_loader, ckpt, args):
     start_epoch = checkpoints.restore(ckpt, args, saved, optimizer, scaler, method)
     logger = util.Logger(args.tb_folder, args)
     validation = Validation(saved, val_loader, args, ckpt)
+    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
         progress = train(train_loader, model, optimizer, scaler, epoch, args)
         best, line, scalars = validation(epoch)
         logger.epoch(epoch, progress, line, learning_rate=optimizer.param_groups[0]['lr'], **scalars)
+        knn(epoch)
         checkpoints.save_epoch(args, epoch, best=best, method=method, model=saved, optimizer=optimizer,
                                scaler=scaler, best_acc=validation.best_acc, best_acc5=validation.best_acc5)
     validation.report()

@@ -16,6 +16,7 @@ softmax, and trains nothing:
 import augment
 import checkpoints
 import classifier
+import datasets
 import distributed
 import options
 import util
@@ -44,6 +45,7 @@ def parse_option():
                         help='start from the trunk of one of our checkpoints (its model, stem, width)')
     parser.add_argument('--dropout', type=float, default=0.0, help='dropout before the classifier')
     options.add_classifier_options(parser)
+    options.add_knn_options(parser, default_freq=0)  # the trunk's kNN accuracy, as the pretraining scripts log it
     options.add_video_options(parser, num_frames=None)
     # add_common_options declares --learning_rate; its help says how videos default it
     next(a for a in parser._actions if a.dest == 'learning_rate').help = (
@@ -107,7 +109,8 @@ def main():
               + f', epochs {args.epochs}', flush=True)
     train_loader, val_loader = set_loader(args)
     model = set_model(args)
-    classifier.fit(model, model, 'SupCE', train_loader, val_loader, ckpt, args)
+    classifier.fit(model, model, 'SupCE', train_loader, val_loader, ckpt, args,
+                   knn_loaders=None if args.test else datasets.knn_loaders(args))
 
 
 if __name__ == '__main__':

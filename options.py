@@ -235,15 +235,18 @@ def add_launcher_options(parser, per_node=False):
                    help='write checkpoints here (tensorboard in its tensorboard/) instead of under --save_root')
 
 
-def add_knn_options(parser):
+def add_knn_options(parser, default_freq=None):
+    """default_freq None: 10 when the dataset has an evaluation split, else 0 (pretraining)."""
     g = parser.add_argument_group('kNN monitor')
-    g.add_argument('--knn_freq', type=int, default=None,
-                   help='weighted kNN accuracy of the trunk every N epochs, 0 = off (default: 10 when the '
-                        'dataset has an evaluation split, else 0)')
+    g.add_argument('--knn_freq', type=int, default=default_freq,
+                   help='weighted kNN accuracy of the trunk every N epochs, 0 = off (default: ' +
+                        ('10 when the dataset has an evaluation split, else 0)' if default_freq is None
+                         else f'{default_freq})'))
     g.add_argument('--knn_k', type=int, default=200, help='neighbours of the kNN vote')
     g.add_argument('--knn_t', type=float, default=0.1, help='temperature of the kNN vote')
-    g.add_argument('--batch_size_val', type=int, default=None,
-                   help='batch size of feature extraction (default: --batch_size)')
+    if '--batch_size_val' not in parser._option_string_actions:  # a classifier's validation has its own
+        g.add_argument('--batch_size_val', type=int, default=None,
+                       help='batch size of feature extraction (default: --batch_size)')
 
 
 def add_extraction_options(parser, features_dir, num_workers=16):
@@ -374,7 +377,8 @@ def finish_options(args, given):
         if args.knn_freq > 0 and not has_eval_split:
             raise UserError('--knn_freq needs an evaluation split: give --test_folder (or --knn_freq 0)')
         if args.knn_freq <= 0:
-            refuse(given, ('knn_k', 'knn_t', 'batch_size_val'), 'the kNN monitor is off (--knn_freq 0)')
+            knn_only = ('knn_k', 'knn_t') if 'val_freq' in vars(args) else ('knn_k', 'knn_t', 'batch_size_val')
+            refuse(given, knn_only, 'the kNN monitor is off (--knn_freq 0)')
     if args.batch_size_val is None:
         args.batch_size_val = args.batch_size
     if args.dataset in VIDEO_DATASETS:
