@@ -102,7 +102,8 @@ def fit(model, saved, method, train_loader, val_loader, ckpt, args, knn_loaders=
     start_epoch = checkpoints.restore(ckpt, args, saved, optimizer, scaler, method)
     logger = util.Logger(args.tb_folder, args)
     validation = Validation(saved, val_loader, args, ckpt)
-    knn = KNNMonitor(knn_loaders, util.unwrap(model).encoder, args, logger, start_epoch)
+    trunk = util.unwrap(model).encoder if knn_loaders else None  # main_linear's probe has no .encoder
+    knn = KNNMonitor(knn_loaders, trunk, args, logger, start_epoch)
     for epoch in range(start_epoch, args.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
         progress = train(train_loader, model, optimizer, scaler, epoch, args)
