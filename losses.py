@@ -47,14 +47,74 @@ class SupConLoss(nn.Module):
 
         # anchor row i is contrast column i: drop it from the denominator and from the positives
         is_self = torch.eye(*logits.shape, dtype=torch.bool, device=device)
-        log_prob = logits - logits.masked_fill(is_self, float('-inf')).logsumexp(dim=1, keepdim=True)
         pos = mask.repeat(anchor_count, n_views).masked_fill(is_self, 0)
-
-        # weighted mean over positives; the self entry is zeroed so a lone row (log_prob = inf) gives 0, not NaN
-        n_pos = pos.sum(dim=1)
-        mean_log_prob_pos = (pos * log_prob.masked_fill(is_self, 0)).sum(dim=1) / torch.where(n_pos < 1e-6, 1.0, n_pos)
         # anchors without positives contribute 0 yet count in the mean, as in the released code
-        return -(self.temperature / self.base_temperature) * mean_log_prob_pos.mean()
+        return -(self.temperature / self.base_temperature) * _mean_log_prob_pos(logits, pos, is_self).mean()
+
+
+def _mean_log_prob_pos(logits, pos, dropped=None):
+    """Per anchor row: the pos-weighted mean of log softmax(logits) over the row's columns, the
+    `dropped` ones (bool, logits' shape) left out of the softmax; 0 for a row without positives."""
+    if dropped is None:
+        return (pos * (logits - logits.logsumexp(dim=1, keepdim=True))).sum(dim=1) / _at_least_one(pos.sum(dim=1))
+    log_prob = logits - logits.masked_fill(dropped, float('-inf')).logsumexp(dim=1, keepdim=True)
+    # dropped entries are zeroed, so a row with nothing else (log_prob = inf) gives 0, not NaN
+    return (pos * log_prob.masked_fill(dropped, 0)).sum(dim=1) / _at_least_one(pos.sum(dim=1))
+
+
+def _at_least_one(n_pos):
+    return torch.where(n_pos < 1e-6, 1.0, n_pos)
+
+
+class SupConMomentumLoss(nn.Module):
+    """SupCon with a momentum encoder and a queue of labelled keys (the SupContrast README's ImageNet
+    model, "small batch size with the trick of the momentum encoder"). The anchors are the queries,
+    every view of every sample; the contrast set C is every key of the batch (the momentum encoder's,
+    every view) and the queue. For anchor i with query q_i and label y_i:
+
+        P(i)   = {c in C : label(c) = y_i}        (its own keys included: the other view's, and the
+                                                   same view's, a key and not the query itself)
+        loss_i = -(T / T_base) / |P(i)| * sum_{p in P(i)} log( exp(q_i.c_p / T) / sum_{c in C} exp(q_i.c / T) )
+
+    and the loss is the mean over anchors. Queue rows labelled -1 (MoCo's random initial rows, and
+    the keys SimCLR enqueues) are negatives of every anchor, never positives. Without labels
+    (SimCLR) the positives are the anchor's own sample's keys and every queue row is a negative."""
+
+    def __init__(self, temperature=0.07, base_temperature=0.07):
+        super().__init__()
+        self.temperature = temperature
+        self.base_temperature = base_temperature
+
+    def forward(self, features, keys, queue, labels=None, queue_labels=None):
+        """features [bsz, n_views, D] queries and keys [bsz, n_keys, D] of the same samples, queue [K, D],
+        all rows L2-normalised; labels [bsz] (>= 0) with queue_labels [K], or neither (SimCLR). Keys and
+        queue get no gradient."""
+        if features.dim() != 3 or keys.dim() != 3 or keys.shape[0] != features.shape[0]:
+            raise ValueError(f'features and keys must be [bsz, views, D] of the same samples, got '
+                             f'{list(features.shape)} and {list(keys.shape)}')
+        _check_rows('queue', queue, features.shape[2])
+        bsz, n_views, dim = features.shape
+        n_keys = keys.shape[1]
+        features, keys, queue = _at_least_float32(features, keys.detach(), queue.detach())
+        device, dtype = features.device, features.dtype
+
+        if labels is None:  # SimCLR: a sample's own keys only, every queue row a negative
+            mask = torch.eye(bsz, device=device, dtype=dtype)
+            queue_pos = torch.zeros(bsz, queue.shape[0], device=device, dtype=dtype)
+        else:
+            if queue_labels is None or labels.numel() != bsz or queue_labels.numel() != queue.shape[0]:
+                raise ValueError(f'labels [{bsz}] and queue_labels [{queue.shape[0]}] go together')
+            labels, queue_labels = labels.reshape(-1, 1), queue_labels.reshape(1, -1)
+            mask = (labels == labels.T).to(dtype)
+            queue_pos = ((labels == queue_labels) & (queue_labels >= 0)).to(dtype)
+
+        # view-major rows, as SupConLoss: view 0 of every sample, then view 1, ...
+        anchor = features.transpose(0, 1).reshape(n_views * bsz, dim)
+        contrast = torch.cat([keys.transpose(0, 1).reshape(n_keys * bsz, dim), queue])
+        with torch.autocast(device.type, enabled=False):  # AMP would run this matmul in half precision
+            logits = anchor @ contrast.T / self.temperature
+        pos = torch.cat([mask.repeat(n_views, n_keys), queue_pos.repeat(n_views, 1)], dim=1)
+        return -(self.temperature / self.base_temperature) * _mean_log_prob_pos(logits, pos).mean()
 
 
 def _at_least_float32(*tensors):
