@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import checkpoints
-from conftest import SMALL, check_ok, load, only_file, run_script
+from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_script
 from networks.resnet_big import SupConResNet
 
 CKPT_KEYS = {'method', 'args', 'epoch', 'model', 'optimizer', 'scaler', 'rng'}
@@ -267,3 +267,18 @@ def test_mixed_precision_fp16_saves_the_scaler(shared_data, tmp_path):
     assert ckpt['args']['amp'] == 'fp16'
     assert ckpt['scaler'] and ckpt['scaler']['scale'] > 0
     assert all(v.dtype == torch.float32 for k, v in ckpt['model'].items() if v.is_floating_point())
+
+
+def test_ce_knn_monitor(shared_data, tmp_path):
+    """main_ce --knn_freq: the pretraining scripts' kNN monitor on the CE trunk (random trunk first);
+    off by default, and its options refused while it is off."""
+    train, test = shared_data
+    data = ['--dataset', 'path', '--data_folder', train, '--test_folder', test, '--batch_size', '8']
+    proc = check_ok(run_script('main_ce.py', *data, '--epochs', '2', '--knn_freq', '1', '--knn_k', '5',
+                               *SMALL, cwd=tmp_path / 'on'))
+    accuracies = [float(a) for a in re.findall(r'^epoch (?:\d), kNN accuracy ([\d.]+)$', proc.stdout, re.M)]
+    assert len(accuracies) == 3 and all(0 <= a <= 100 for a in accuracies), proc.stdout
+    assert 'kNN accuracy' not in check_ok(run_script('main_ce.py', *data, '--epochs', '1', *SMALL,
+                                                     cwd=tmp_path / 'off')).stdout
+    assert_user_error(run_script('main_ce.py', *data, '--epochs', '1', '--knn_k', '5', *SMALL, cwd=tmp_path / 'bad'),
+                      tmp_path / 'bad', '--knn_k', '--knn_freq 0')
