@@ -13,12 +13,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tvd
 
+import gpu_loaders
 from augment import eval_transform
 from gpu_augment import DeviceLoader
 from timing import TimedSteps
 from util import UserError, is_main
 from video_augment import ClipEvalTransform
-from video_datasets import VIDEO_DATASETS, video_dataset
+from video_datasets import VIDEO_DATASETS, VideoClips, video_dataset
 
 MEAN_STD = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -308,9 +309,10 @@ class SeededDataset(Dataset):
 
 def train_loader(dataset, args, drop_last=False, device_views=None):
     """Shuffled, per-sample-seeded loader of the per-rank share of --batch_size. With --gpu_aug,
-    `device_views` (gpu_augment views, one per output view) augment the in-memory pixels of
-    `dataset` on the device instead of its transform in workers. With --max_steps, the loader
-    ends the run (see TimedSteps)."""
+    `device_views` (gpu_augment views, one per output view) augment on the device, instead of the
+    transform in workers, the in-memory pixels of `dataset`, or the images (an image folder) or
+    clips (VideoClips, transform gpu_loaders.raw_clip per view) its workers decode. With
+    --max_steps, the loader ends the run (see TimedSteps)."""
     sampler = SeededSampler(len(dataset), args.data_seed, True, args.rank, args.world_size)
     batch = args.batch_size // args.world_size
     if drop_last and len(sampler) < batch:
@@ -319,8 +321,19 @@ def train_loader(dataset, args, drop_last=False, device_views=None):
         if device_views is None:
             raise UserError(f'--gpu_aug: {os.path.basename(sys.argv[0])} has no on-device version of its '
                             f'augmentation; drop --gpu_aug')
-        loader = DeviceLoader(dataset, *in_memory_pixels(dataset, args), device_views, sampler, batch,
-                              drop_last, args.device)
+        if isinstance(dataset, VideoClips):  # workers decode the clips (transform gpu_loaders.raw_clip)
+            loader = gpu_loaders.DeviceBatches(
+                DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler, drop_last=drop_last,
+                           collate_fn=gpu_loaders.collate_clip_views, **_loader_kwargs(args)),
+                device_views, args.device, clips=True)
+        elif isinstance(dataset, (tvd.DatasetFolder, UnlabelledFolder)):  # files: workers only read and decode
+            samples = ([(path, 0) for path in dataset.samples] if isinstance(dataset, UnlabelledFolder)
+                       else dataset.samples)
+            loader = gpu_loaders.folder_batches(samples, getattr(dataset, 'classes', None), device_views, sampler,
+                                                batch, drop_last, args.device, **_loader_kwargs(args))
+        else:
+            loader = DeviceLoader(dataset, *in_memory_pixels(dataset, args), device_views, sampler, batch,
+                                  drop_last, args.device)
     else:
         loader = DataLoader(SeededDataset(dataset), batch_size=batch, sampler=sampler, drop_last=drop_last,
                             **_loader_kwargs(args))
@@ -336,8 +349,7 @@ def in_memory_pixels(dataset, args):
     elif args.dataset == 'digits':
         pixels = torch.from_numpy(np.stack([np.asarray(img) for img in dataset.images])).permute(0, 3, 1, 2)
     else:
-        raise UserError(f'--gpu_aug needs a dataset held in memory (cifar10, cifar100, stl10, digits); '
-                        f'--dataset {args.dataset} is read from files: drop --gpu_aug')
+        raise UserError(f'--gpu_aug has no device-side loader for --dataset {args.dataset}: drop --gpu_aug')
     return pixels.contiguous(), dataset_labels(dataset)
 
 

@@ -97,6 +97,17 @@ class DeviceBatches:
         return [x.to(self.device, non_blocking=True) for x in items]
 
 
+def folder_batches(samples, classes, views, sampler, batch_size, drop_last, device, **loader_options):
+    """DeviceBatches of the image files `samples` [(path, label)] in `sampler`'s order: workers read
+    and decode (on a GPU, JPEG files are decoded there, by nvJPEG), `views` crop and colour on `device`."""
+    device = torch.device(device)
+    on_device = device.type == 'cuda' and all(path.lower().endswith(('.jpg', '.jpeg')) for path, _ in samples)
+    folder = DecodedFolder(samples, classes, decode=not on_device)
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                                         collate_fn=collate_list, **loader_options)
+    return DeviceBatches(loader, views, device, decode_on_device=on_device)
+
+
 def pad(items):
     """A list of uint8 [..., h_i, w_i] -> (uint8 [n, ..., H, W] zero-padded, heights, widths)."""
     heights = torch.tensor([float(x.shape[-2]) for x in items], device=items[0].device)

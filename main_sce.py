@@ -36,6 +36,8 @@ import torch
 import augment
 import datasets
 import distributed
+import gpu_loaders
+import gpu_views
 import optim
 import options
 import pretraining
@@ -139,6 +141,9 @@ def parse_option():
     options.check_launcher(args, given)
     options.finish_options(args, given)
     options.resolve_bn_splits(args, given, shuffled=args.shuffle_bn)
+    if args.batch_size // args.bn_splits < 2:  # the momentum projector's BatchNorm1d needs two rows per split
+        raise util.UserError(f'--batch_size {args.batch_size} over --bn_splits {args.bn_splits} leaves one image per '
+                             f'BatchNorm split: use a batch of at least {2 * args.bn_splits}, or fewer --bn_splits')
     options.check_model_fits_data(args)
     if args.dataset in VIDEO_DATASETS:
         options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
@@ -177,16 +182,24 @@ def set_loader(args):
     if args.dataset in VIDEO_DATASETS:
         # two clips of each video, each with its own view (SCE's asymmetric blur / solarize); a clip
         # becomes its temporal difference with p 0.2, as released
-        train_set = video_dataset(args, True, video_augment.clip_views(args.size, mean, std), time_difference_p=0.2)
-        return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+        views = video_augment.clip_views(args.size, mean, std)
+        device_views = gpu_views.clip_device_views(args.size, mean, std)
+        train_set = video_dataset(args, True, [gpu_loaders.raw_clip] * 2 if args.gpu_aug else views,
+                                  time_difference_p=0.2)
+        return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
+                datasets.knn_loaders(args))
     if args.recipe == 'cifar':
         views = augment.sce_cifar_views(args.size, mean, std)
+        device_views = gpu_views.sce_cifar_device_views(args.size, mean, std)
     else:
         views = augment.sce_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
                                   args.max_scale_crops, mean, std)
-    train_set = datasets.image_dataset(args, True, views)
+        device_views = gpu_views.sce_device_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                                  args.max_scale_crops, mean, std)
+    train_set = datasets.image_dataset(args, True, None if args.gpu_aug else views)
     # every step enqueues a whole global batch: a partial last batch would break the queue's layout
-    return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+    return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
+            datasets.knn_loaders(args))
 
 
 def set_model(args):

@@ -4,6 +4,8 @@ the same operations; training with the fast paths gives the loss curve of the pl
 configuration; --max_steps times a run and writes nothing. No timing is asserted here
 (scripts/benchmark.py prints figures)."""
 import itertools
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,8 +17,9 @@ from torchvision.transforms import functional as F
 
 import gpu_augment as ga
 from augment import moco_transform, supcon_transform
-from conftest import SMALL, assert_user_error, check_ok, run_script, step_losses
+from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_script, step_losses
 from datasets import SeededSampler, TimedSteps
+from test_resume import check_resumed, epoch_losses, interrupted_after
 from util import UserError, unwrap
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -248,8 +251,36 @@ def test_moco_multi_crop_on_the_device(tmp_path):
     assert 'timing: 1 steps after 2 warm-up' in proc.stdout
 
 
+def test_gpu_aug_on_an_image_folder_resumes_exactly(shared_data, tmp_path):
+    """Workers decode the folder's files, SCE's views are drawn on the device from the (seed, epoch)
+    generator: a run resumed after epoch 1 ends with the weights of the unbroken run."""
+    flags = ['main_sce.py', '--dataset', 'path', '--data_folder', shared_data[0], '--batch_size', '8',
+             '--recipe', 'cifar', '--bn_splits', '4', '--queue_size', '16', '--epochs', '3', '--save_freq', '1',
+             '--knn_freq', '0', '--gpu_aug', *SMALL]
+    full = check_ok(run_script(*flags, cwd=tmp_path))
+    last = only_file(tmp_path / 'save')
+    final, losses = load(last), epoch_losses(full.stdout)
+    assert final['args']['gpu_aug'] and sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+    interrupted_after(Path(last).parent, 1)
+    check_resumed(check_ok(run_script(*flags, '--resume', cwd=tmp_path)), 1, losses)
+    resumed = load(last)
+    assert all(torch.equal(final['model'][k], resumed['model'][k]) for k in final['model'])
+    assert torch.equal(final['queue']['keys'], resumed['queue']['keys'])
+
+
+def test_supcon_gpu_aug_on_an_image_folder_then_linear_eval(shared_data, tmp_path):
+    train, test = shared_data
+    check_ok(run_script('main_supcon.py', '--dataset', 'path', '--data_folder', train, '--batch_size', '8',
+                        '--epochs', '1', '--knn_freq', '0', '--gpu_aug', *SMALL, cwd=tmp_path))
+    proc = check_ok(run_script('main_linear.py', '--ckpt', only_file(tmp_path / 'save'), '--dataset', 'path',
+                               '--data_folder', train, '--test_folder', test, '--batch_size', '8', '--epochs', '1',
+                               *SMALL, cwd=tmp_path / 'linear'))
+    assert re.search(r'^best accuracy: [\d.]+ \(top-5', proc.stdout, re.M), proc.stdout
+
+
 @pytest.mark.parametrize('script, extra, needles', [
-    ('main_supcon.py', ['--dataset', 'path', '--data_folder', 'DATA', '--gpu_aug'], ['--gpu_aug', 'held in memory']),
+    ('main_clsa.py', ['--dataset', 'digits', '--moco_k', '64', '--gpu_aug'], ['--gpu_aug', 'main_clsa.py']),
+    ('main_sce.py', ['--dataset', 'digits', '--queue_size', '64'], ['--batch_size 8 over --bn_splits 8']),
     ('main_ce.py', ['--dataset', 'digits', '--gpu_aug'], ['--gpu_aug', 'main_ce.py']),
     ('main_moco.py', ['--dataset', 'digits', '--moco_k', '64', '--gpu_aug'], ['--gpu_aug', '--aug_plus']),
 ])

@@ -145,6 +145,20 @@ def test_sce_video_pretraining(pretrained):
     assert ckpt['queue']['keys'].shape == (24, 256)
 
 
+def test_sce_video_pretraining_with_device_views(videos, tmp_path):
+    """--gpu_aug: workers decode the two clips, the device draws their views; the trunk evaluates
+    as the CPU pipeline's does."""
+    root, train, test = videos
+    proc = check_ok(run_script('main_sce.py', *data(videos), '--batch_size', '6', '--queue_size', '24', '--epochs',
+                               '2', '--knn_freq', '1', '--gpu_aug', '--output_dir', tmp_path / 'sce', *TINY,
+                               cwd=tmp_path))
+    assert re.search(r'^epoch 2, kNN accuracy [\d.]+$', proc.stdout, re.M), proc.stdout
+    assert load(tmp_path / 'sce' / 'last.pth')['args']['gpu_aug']
+    proc = check_ok(run_script('main_retrieval.py', '--ckpt', tmp_path / 'sce' / 'last.pth', '--test_clips', '1',
+                               '--test_crops', '1', '--batch_size', '8', '--num_workers', '0', cwd=tmp_path))
+    assert 'extracted 6 bank and 4 query features of dimension 32' in proc.stdout
+
+
 def printed_test(stdout):
     m = re.search(r'^test accuracy of (.+) \(epoch (\d+), (.+)\): ([\d.]+) \(top-5 [\d.]+\)$', stdout, re.M)
     assert m, stdout
