@@ -25,9 +25,11 @@ Configurations (--compare times both, alternating, --repeats times, and prints t
 """
 import argparse
 import gc
+import glob
 import importlib
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,12 +67,16 @@ METHODS = {
         '--mlp', '--aug_plus', '--moco_t', '0.2', '--moco_k', queue(o), '--knn_freq', '0', '--nmb_crops', '2', '4',
         '--size_crops', str(o.size), str(o.size // 2), '--min_scale_crops', '0.2', '0.05',
         '--max_scale_crops', '1.0', '0.14'], True),
-    'sce': ('main_sce.py', lambda o: ['--queue_size', queue(o), '--knn_freq', '0'], False),
+    'sce': ('main_sce.py', lambda o: ['--queue_size', queue(o), '--knn_freq', '0'], True),
     'clsa': ('main_clsa.py', lambda o: ['--moco_k', queue(o), '--knn_freq', '0'], False),
     'video_sce': ('main_sce.py', lambda o: [
         '--dataset', 'video', '--data_folder', os.path.join(SHARED, 'videos', 'actions2', 'train'),
         '--model', o.video_model, '--size', str(o.video_size), '--num_frames', str(o.frames),
-        '--queue_size', queue(o), '--knn_freq', '0'], False),
+        '--queue_size', queue(o), '--knn_freq', '0'], True),
+    # an ImageNet-like folder: JPEGs of 500 x 375 (CIFAR-10 images enlarged), two crops of 224 px
+    'supcon_jpeg_folder': ('main_supcon.py', lambda o: [
+        '--method', 'SupCon', '--knn_freq', '0', '--dataset', 'path', '--data_folder', jpeg_folder(o),
+        '--size', '224'], True),
 }
 
 
@@ -134,6 +140,21 @@ def load_cifar10(split, limit):
     return pixels, z[f'{split}_labels'][:n].tolist(), [str(c) for c in z['classes']], True
 
 
+def jpeg_folder(o):
+    """save/benchmark_jpegs: the --batches (+ 1 warm-up) batches of 500 x 375 JPEGs (quality 90),
+    made once from load_cifar10's images, in class folders: an ImageNet run's decoding and resizing."""
+    root = os.path.join(REPO, 'save', 'benchmark_jpegs')
+    n = o.batch_size * (o.batches + 1)
+    if len(glob.glob(os.path.join(root, '*', '*.jpg'))) != n:
+        shutil.rmtree(root, ignore_errors=True)
+        pixels, labels, classes, _ = load_cifar10('train', n)
+        for i, (image, label) in enumerate(zip(pixels, labels)):
+            os.makedirs(os.path.join(root, classes[label]), exist_ok=True)
+            Image.fromarray(image).resize((500, 375), Image.BICUBIC).save(
+                os.path.join(root, classes[label], f'{i:05d}.jpg'), quality=90)
+    return root
+
+
 def serve_cifar10(limit):
     """Make --dataset cifar10 read load_cifar10's images (each split decoded once) in every script;
     returns whether they are the real ones."""
@@ -160,9 +181,10 @@ def script_module(script):
 def command(o, method, config, tmp):
     """The script and its options for one run."""
     script, options, has_gpu_aug = METHODS[method]
-    argv = ['--dataset', 'cifar10', '--data_folder', tmp, '--save_root', tmp, '--model', o.model,
-            '--size', str(o.size), '--batch_size', str(o.batch_size), '--epochs', '1000', '--print_freq', '1000000',
-            '--seed', '0', '--no-download', *options(o)]
+    options = options(o)
+    data = [] if '--dataset' in options else ['--dataset', 'cifar10', '--data_folder', tmp, '--no-download']
+    argv = [*data, '--save_root', tmp, '--model', o.model, '--size', str(o.size), '--batch_size', str(o.batch_size),
+            '--epochs', '1000', '--print_freq', '1000000', '--seed', '0', *options]
     if config == 'plain':
         argv += PLAIN + ['--num_workers', str(o.workers)] + o.plain.split()
     else:

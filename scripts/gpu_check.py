@@ -30,6 +30,7 @@ REPO = benchmark.REPO
 SCRIPTS = {
     'supcon': ('main_supcon.py', ['--method', 'SupCon']),
     'simclr': ('main_supcon.py', ['--method', 'SimCLR']),
+    'supcon_jpeg_folder': ('main_supcon.py', ['--method', 'SupCon']),  # + --dataset path: JPEG files made here
     'ce': ('main_ce.py', []),
     'linear': ('main_linear.py', []),  # --ckpt added: a checkpoint written by a SupCon epoch here
     'moco_multicrop_knn': ('main_moco.py', ['--mlp', '--aug_plus', '--moco_t', '0.2', '--moco_k', '256',
@@ -41,12 +42,14 @@ SCRIPTS = {
     'clsa': ('main_clsa.py', ['--moco_k', '256']),
 }
 
-# Options that give a script its device-side views. The scripts without them yet (SCE, CLSA, image
-# folders, video: gpu_views / gpu_loaders wait for their integration) get theirs here, one line each.
+# Options that give a script its device-side views (on CPU tensors in the --cpu check).
 DEVICE_VIEWS = {
     'supcon': ['--gpu_aug'],
+    'supcon_jpeg_folder': ['--gpu_aug'],  # workers read the files, nvJPEG decodes them on the GPU
     'simclr': ['--gpu_aug'],
     'moco_multicrop_knn': ['--gpu_aug'],
+    'sce': ['--gpu_aug'],
+    'sce_video': ['--gpu_aug'],
 }
 
 PRECISIONS = {'cuda': ['none', 'bf16', 'fp16'], 'cpu': ['none', 'bf16']}
@@ -89,6 +92,18 @@ def make_videos(root, n=8):
     return os.path.join(root, 'train')
 
 
+def make_jpegs(root, n):
+    """root/class{0,1}/ of n random-colour JPEGs of varied sizes (40-72 px a side)."""
+    from torchvision.io import encode_jpeg, write_file
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = (int(v) for v in rng.integers(40, 73, 2))
+        os.makedirs(os.path.join(root, f'class{i % 2}'), exist_ok=True)
+        pixels = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+        write_file(os.path.join(root, f'class{i % 2}', f'{i}.jpg'), encode_jpeg(pixels))
+    return root
+
+
 def argv_of(o, row, amp, tmp, extra=()):
     """The script and its options for one row; a row's own options come last (argparse: last wins)."""
     script, options = SCRIPTS[row]
@@ -97,14 +112,16 @@ def argv_of(o, row, amp, tmp, extra=()):
     if row == 'sce_video':
         argv += ['--dataset', 'video', '--data_folder', o.videos, '--model', 'r3d18', '--size', '32']
         argv += ['--width', '4'] if o.cpu else []
+    elif row == 'supcon_jpeg_folder':
+        argv += ['--dataset', 'path', '--data_folder', o.jpegs, '--model', 'resnet18', '--size', '32']
+        argv += ['--width', '8'] if o.cpu else []
     elif row == 'linear':  # the trunk, its width and size come from the checkpoint
         argv += ['--dataset', 'digits', '--ckpt', o.ckpt]
     else:
         argv += ['--dataset', 'digits', '--model', 'resnet18', '--size', '32'] + (['--width', '8'] if o.cpu else [])
     if row not in ('ce', 'linear'):
         argv += ['--knn_freq', '0']
-    if o.device == 'cuda':
-        argv += ['--channels_last'] + DEVICE_VIEWS.get(row, [])
+    argv += DEVICE_VIEWS.get(row, []) + (['--channels_last'] if o.device == 'cuda' else [])
     return script, argv + options + list(extra)
 
 
@@ -155,6 +172,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix='gpu_check_')
     print(f'device: {benchmark.device_name()}; torch {torch.__version__}', flush=True)
     o.videos = make_videos(os.path.join(tmp, 'videos')) if 'sce_video' in o.rows else None
+    o.jpegs = make_jpegs(os.path.join(tmp, 'jpegs'), 2 * o.batch_size) if 'supcon_jpeg_folder' in o.rows else None
     lines, ok = [], True
     if 'linear' in o.rows:
         o.ckpt, error = write_checkpoint(o, os.path.join(tmp, 'ckpt'))
