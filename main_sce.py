@@ -184,7 +184,7 @@ def set_loader(args):
         # becomes its temporal difference with p 0.2, as released
         views = video_augment.clip_views(args.size, mean, std)
         device_views = gpu_views.clip_device_views(args.size, mean, std)
-        train_set = video_dataset(args, True, [gpu_loaders.raw_clip] * 2 if args.gpu_aug else views,
+        train_set = video_dataset(args, True, [gpu_loaders.raw_clip] * 2 if options.gpu_aug_on(args) else views,
                                   time_difference_p=0.2)
         return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
                 datasets.knn_loaders(args))
@@ -196,7 +196,7 @@ def set_loader(args):
                                   args.max_scale_crops, mean, std)
         device_views = gpu_views.sce_device_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
                                                   args.max_scale_crops, mean, std)
-    train_set = datasets.image_dataset(args, True, None if args.gpu_aug else views)
+    train_set = datasets.image_dataset(args, True, None if options.gpu_aug_on(args) else views)
     # every step enqueues a whole global batch: a partial last batch would break the queue's layout
     return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
             datasets.knn_loaders(args))

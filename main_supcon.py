@@ -59,7 +59,7 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    if args.gpu_aug:  # the same two views, drawn for the whole batch on the device
+    if options.gpu_aug_on(args):  # the same two views, drawn for the whole batch on the device
         views, device_views = None, [gpu_augment.supcon_view(args.size, mean, std)] * 2
     else:
         views, device_views = augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std)), None

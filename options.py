@@ -147,8 +147,9 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--fused_optimizer', action=argparse.BooleanOptionalAction, default=True,
                    help='the optimiser step in fused (SGD) or multi-tensor (LARS) kernels, else one per parameter')
     g.add_argument('--compile', action='store_true', help='torch.compile the model (the first steps compile)')
-    g.add_argument('--gpu_aug', action='store_true',
-                   help='augment whole batches on the device (cifar10/100, stl10, digits: held in memory)')
+    g.add_argument('--gpu_aug', action=argparse.BooleanOptionalAction, default=None,
+                   help='draw the views of whole batches on the device (default: on with CUDA where the script '
+                        'has device views for its options; --no-gpu_aug: per sample in the workers, as released)')
     g.add_argument('--max_steps', type=int, default=None, metavar='N',
                    help='timing run: stop after N steps, print the time per step (data wait, compute), '
                         'images/s and peak memory of the steps after the first 2; writes no checkpoint')
@@ -420,6 +421,14 @@ def per_node_batch(args, given):
         raise UserError(f'--world_size must be at least 1 node, got {args.nodes}')
     if args.per_node:
         args.batch_size *= args.nodes
+
+
+def gpu_aug_on(args, available=True):
+    """Whether this run draws its views on the device: --gpu_aug / --no-gpu_aug as given; unset, on
+    with CUDA where the script has device views for its options (`available`). Sets args.gpu_aug."""
+    if args.gpu_aug is None:
+        args.gpu_aug = available and args.device.type == 'cuda'
+    return args.gpu_aug
 
 
 def resolve_bn_splits(args, given, shuffled=True):

@@ -46,7 +46,7 @@ import distributed  # noqa: E402
 import util  # noqa: E402
 
 SHARED = os.path.join(REPO, '..', 'shared', 'data')
-PLAIN = ['--amp', 'none', '--no-channels_last', '--no-fused_optimizer']
+PLAIN = ['--amp', 'none', '--no-channels_last', '--no-fused_optimizer', '--no-gpu_aug']
 OURS = ['--amp', 'bf16', '--channels_last']
 
 

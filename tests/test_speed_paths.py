@@ -16,6 +16,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 import gpu_augment as ga
+import options
 from augment import moco_transform, supcon_transform
 from conftest import SMALL, assert_user_error, check_ok, load, only_file, run_script, step_losses
 from datasets import SeededSampler, TimedSteps
@@ -288,6 +289,16 @@ def test_speed_options_that_cannot_run_say_so(script, extra, needles, tiny_folde
     extra = [tiny_folders[0] if a == 'DATA' else a for a in extra]
     proc = run_script(script, *extra, '--batch_size', '8', '--epochs', '1', *SMALL, cwd=tmp_path)
     assert_user_error(proc, tmp_path, *needles)
+
+
+def test_device_views_are_the_default_on_cuda_only():
+    def resolved(given, device, available=True):
+        args = SimpleNamespace(gpu_aug=given, device=torch.device(device))
+        return options.gpu_aug_on(args, available), args.gpu_aug
+
+    assert resolved(None, 'cuda') == (True, True) and resolved(None, 'cpu') == (False, False)
+    assert resolved(None, 'cuda', available=False) == (False, False)  # e.g. MoCo v1's augmentation
+    assert resolved(False, 'cuda') == (False, False) and resolved(True, 'cpu') == (True, True)
 
 
 def test_max_steps_must_exceed_the_warm_up():
