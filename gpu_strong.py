@@ -147,18 +147,20 @@ class StrongOps:
     def __init__(self, aug_times=5):
         self.aug_times = augment.StrongAugment(aug_times).aug_times  # checks the value
 
-    def __call__(self, x, g):
-        n, steps, names = len(x), self.aug_times, list(CLSA_BATCH_OPS)
-        dev = g.device
-        op = torch.randint(len(names), (n, steps), generator=g, device=dev)
-        v = torch.randint(1, 10, (n, steps), generator=g, device=dev).double()
-        applied = torch.rand(n, steps, generator=g, device=dev) < 0.5
-        negative = torch.rand(n, steps, generator=g, device=dev) < 0.5
+    def sample(self, n, g):
+        """(operation index into CLSA_BATCH_OPS, signed magnitude, applied) [n, aug_times] each."""
+        names, dev = list(CLSA_BATCH_OPS), g.device
+        op = torch.randint(len(names), (n, self.aug_times), generator=g, device=dev)
+        v = torch.randint(1, 10, (n, self.aug_times), generator=g, device=dev).double()
+        applied = torch.rand(n, self.aug_times, generator=g, device=dev) < 0.5
+        negative = torch.rand(n, self.aug_times, generator=g, device=dev) < 0.5
         signed = torch.tensor([name in augment.SIGNED_OPS for name in names], device=dev)[op]
-        v = torch.where(signed & negative, -v, v).to(x.device)
-        op, applied = op.to(x.device), applied.to(x.device)
-        for step in range(steps):
-            for k, name in enumerate(names):
+        return op, torch.where(signed & negative, -v, v), applied
+
+    def __call__(self, x, g):
+        op, v, applied = (t.to(x.device) for t in self.sample(len(x), g))
+        for step in range(self.aug_times):
+            for k, name in enumerate(CLSA_BATCH_OPS):
                 x = ga.apply_where(applied[:, step] & (op[:, step] == k), x,
                                    lambda x, i: CLSA_BATCH_OPS[name](x, v[i, step]))
         return x
@@ -213,12 +215,16 @@ class AutoAugmentOps:
         self.reference = AutoAugment(AutoAugmentPolicy.IMAGENET)
         self.policies = self.reference.policies
 
+    def sample(self, n, g):
+        """AutoAugment.get_params for n images: sub-policy [n], the probability draws [n, 2] (an
+        operation applies where its draw <= its p) and signs [n, 2] (0: negated)."""
+        return (torch.randint(len(self.policies), (n,), generator=g, device=g.device),
+                torch.rand(n, 2, generator=g, device=g.device),
+                torch.randint(2, (n, 2), generator=g, device=g.device))
+
     def __call__(self, x, g):
-        n, _, h, w = x.shape
-        space = self.reference._augmentation_space(10, (h, w))
-        policy = torch.randint(len(self.policies), (n,), generator=g, device=g.device).to(x.device)
-        probs = torch.rand(n, 2, generator=g, device=g.device).to(x.device)
-        signs = torch.randint(2, (n, 2), generator=g, device=g.device).to(x.device)
+        space = self.reference._augmentation_space(10, tuple(x.shape[-2:]))
+        policy, probs, signs = (t.to(x.device) for t in self.sample(len(x), g))
         for k, ops in enumerate(self.policies):
             for slot, (name, p, magnitude_id) in enumerate(ops):
                 magnitudes, signed = space[name]
