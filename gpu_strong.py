@@ -279,10 +279,23 @@ class MultiCropView:
         elif box is None:
             box = ga.crop_boxes(n, h, w, self.scale, self.ratio, g)
         self.box = box  # the constrained crops after the key read it
-        x = self.secondary(images, g, box)
-        if self.auto is not None:
-            x = torch.where(ga.chance(n, 0.5, g).view(-1, 1, 1, 1).to(x.device), self.auto(images, g, box), x)
-        return x
+        if self.auto is None:
+            return self.secondary(images, g, box)
+        on = lambda view: lambda i: view(images[i], g, tuple(v[i] for v in box))
+        return either(ga.chance(n, 0.5, g).to(images.device), on(self.auto), on(self.secondary))
+
+
+def either(mask, first, second):
+    """first(indices) where mask, second(indices) elsewhere, per image. On CPU each runs on its own
+    images only (half the work each); on an accelerator both on all of them, then selected (finding
+    the chosen ones would make the host wait for the device), as gpu_augment.apply_where."""
+    if mask.device.type != 'cpu':
+        return torch.where(mask.view(-1, 1, 1, 1), first(slice(None)), second(slice(None)))
+    parts = [(i, f(i)) for i, f in ((mask.nonzero()[:, 0], first), ((~mask).nonzero()[:, 0], second)) if len(i)]
+    out = parts[0][1].new_empty(len(mask), *parts[0][1].shape[1:])
+    for i, x in parts:
+        out[i] = x
+    return out
 
 
 def multi_crop_device_views(nmb_crops, size_crops, min_scale_crops, max_scale_crops, mean, std,
