@@ -13,7 +13,6 @@ import math
 
 import torch
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
-from torchvision.transforms import functional as F
 from torchvision.transforms.v2 import functional as TF2
 
 import augment
@@ -181,23 +180,15 @@ def clsa_device_views(key_size, nmb_crops, size_crops, min_scale_crops, max_scal
 # ----------------------------------------------------------------------------- AutoAugment, per image
 
 def _autoaugment_op(name, x, magnitude):
-    """torchvision's AutoAugment operation `name` as it applies it to a PIL image, at a magnitude per
-    image [m] (float, signed)."""
-    n, _, h, w = x.shape
-    if name in ('ShearX', 'ShearY'):
-        shear = torch.rad2deg(torch.atan(magnitude.double())).tolist()
-        coefficients = [F._get_inverse_affine_matrix([0, 0], 0.0, [0, 0], 1.0, [s, 0.0] if name == 'ShearX'
-                                                     else [0.0, s]) for s in shear]
-        return affine(x, torch.tensor(coefficients, dtype=torch.float64))
-    if name in ('TranslateX', 'TranslateY'):
-        shift = [[int(t), 0] if name == 'TranslateX' else [0, int(t)] for t in magnitude.tolist()]
-        coefficients = [F._get_inverse_affine_matrix([w * 0.5, h * 0.5], 0.0, t, 1.0, [0.0, 0.0]) for t in shift]
-        return affine(x, torch.tensor(coefficients, dtype=torch.float64))
+    """torchvision's AutoAugment operation `name` (one of the ImageNet policy's) as it applies it to
+    a PIL image, at a magnitude per image [m] (float, signed)."""
+    if name == 'ShearX':  # torchvision's inverse matrix of a shear by atan(magnitude), about (0, 0)
+        shear = torch.deg2rad(torch.rad2deg(torch.atan(magnitude.double()))).tan()
+        return affine(x, shear_translate(len(x), x.device, b=shear))
     if name == 'Rotate':
-        return affine(x, rotation(magnitude, h, w))
-    if name in ('Brightness', 'Color', 'Contrast', 'Sharpness'):
-        return {'Brightness': brightness, 'Color': color, 'Contrast': contrast, 'Sharpness': sharpness}[name](
-            x, 1.0 + magnitude)
+        return affine(x, rotation(magnitude, *x.shape[-2:]))
+    if name in ('Color', 'Contrast', 'Sharpness'):
+        return {'Color': color, 'Contrast': contrast, 'Sharpness': sharpness}[name](x, 1.0 + magnitude)
     if name == 'Posterize':
         return posterize(x, magnitude.trunc())
     if name == 'Solarize':
