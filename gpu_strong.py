@@ -279,7 +279,8 @@ class MultiCropView:
 def either(mask, first, second):
     """first(indices) where mask, second(indices) elsewhere, per image. On CPU each runs on its own
     images only (half the work each); on an accelerator both on all of them, then selected (finding
-    the chosen ones would make the host wait for the device), as gpu_augment.apply_where."""
+    the chosen ones would make the host wait for the device), as gpu_augment.apply_where. On CPU the
+    branches thus draw for their own images in turn: as reproducible, from another part of the stream."""
     if mask.device.type != 'cpu':
         return torch.where(mask.view(-1, 1, 1, 1), first(slice(None)), second(slice(None)))
     parts = [(i, f(i)) for i, f in ((mask.nonzero()[:, 0], first), ((~mask).nonzero()[:, 0], second)) if len(i)]
