@@ -370,6 +370,7 @@ class CLSATransform:
         if not pick_weak:
             raise UserError('--pick_weak: pick at least one weak crop (the InfoNCE queries)')
         self.pick_weak, self.pick_strong = sorted(set(pick_weak)), sorted(set(pick_strong))
+        self.crops = crops  # (side, area range) of crop j, for the device views (gpu_strong)
 
         self.key = moco_transform(key_size, mean, std)
         secondary = moco_secondary_transform(mean, std).transforms  # ..., flip, ToTensor, Normalize

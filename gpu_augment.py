@@ -22,11 +22,14 @@ GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert('L')
 class BatchView:
     """One augmented view of every image of a batch. Order: crop + resize, flip, colour jitter
     (probability jitter_p), grayscale (gray_p), Gaussian blur (blur_p), solarize (solarize_p),
-    normalise. Flip commutes with the rest, so MoCo v2's flip-last pipeline is the same view."""
+    normalise. Flip commutes with the rest, so MoCo v2's flip-last pipeline is the same view.
+    `strong(uint8 views, g) -> uint8 views` (gpu_strong: CLSA's strong augmentation, AutoAugment)
+    comes last, after the flip as in its CPU pipeline, on the views rounded to uint8 as PIL holds them."""
 
     def __init__(self, size, mean, std, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5,
                  jitter=None, jitter_p=0.8, random_order=True, gray_p=0.0, blur_p=0.0,
-                 blur_sigma=(0.1, 2.0), solarize_p=0.0):
+                 blur_sigma=(0.1, 2.0), solarize_p=0.0, strong=None):
+        self.strong = strong
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
         self.jitter, self.jitter_p, self.random_order = jitter, jitter_p, random_order
         self.gray_p, self.blur_p, self.blur_sigma, self.solarize_p = gray_p, blur_p, blur_sigma, solarize_p
@@ -56,6 +59,8 @@ class BatchView:
             x = apply_where(blurred, x, lambda x, i: gaussian_blur(x, sigma[i], self.blur_sigma[1]))
         if self.solarize_p > 0:
             x = apply_where(solarized, x, lambda x, i: torch.where(x >= 128 / 255, 1 - x, x))
+        if self.strong is not None:
+            x = self.strong((x * 255).round_().to(torch.uint8), g).float() / 255
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
@@ -64,10 +69,11 @@ def supcon_view(size, mean, std):
     return BatchView(size, mean, std, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2)
 
 
-def moco_v2_view(size, mean, std, scale=(0.2, 1.0)):
+def moco_v2_view(size, mean, std, scale=(0.2, 1.0), strong=None):
     """augment.moco_transform(aug_plus=True) and the multi-crops' secondary augmentation:
-    jitter p 0.8, grayscale p 0.2, blur p 0.5, flip."""
-    return BatchView(size, mean, std, scale=scale, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2, blur_p=0.5)
+    jitter p 0.8, grayscale p 0.2, blur p 0.5, flip (then `strong`: CLSA's strong views)."""
+    return BatchView(size, mean, std, scale=scale, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=0.2, blur_p=0.5,
+                     strong=strong)
 
 
 # ----------------------------------------------------------------------------- random draws

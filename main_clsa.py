@@ -14,6 +14,7 @@ import torch
 import augment
 import datasets
 import distributed
+import gpu_strong
 import optim
 import options
 import pretraining
@@ -99,9 +100,13 @@ def set_loader(args):
     views = augment.CLSATransform(args.size, args.nmb_crops, args.size_crops, args.min_scale_crops,
                                   args.max_scale_crops, args.pick_weak, args.pick_strong, args.aug_times,
                                   mean, std)
-    train_set = datasets.image_dataset(args, True, views)
+    device_views = gpu_strong.clsa_device_views(args.size, args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                                args.max_scale_crops, args.pick_weak, args.pick_strong,
+                                                args.aug_times, mean, std) if options.gpu_aug_on(args) else None
+    train_set = datasets.image_dataset(args, True, None if args.gpu_aug else views)
     # Every step enqueues a whole global batch: a partial last batch would break the queue's layout.
-    return datasets.train_loader(train_set, args, drop_last=True), datasets.knn_loaders(args)
+    return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
+            datasets.knn_loaders(args))
 
 
 def set_model(args):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import augment
 import datasets
 import distributed
-import gpu_augment
+import gpu_strong
 import optim
 import options
 import pretraining
@@ -111,7 +111,8 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    if args.gpu_aug:
+    in_memory = args.dataset in ('cifar10', 'cifar100', 'stl10', 'digits')
+    if options.gpu_aug_on(args, (args.aug_plus or args.multi_crop) and (in_memory or not args.constrained_cropping)):
         return device_loader(args, mean, std), datasets.knn_loaders(args)
     if args.multi_crop:
         views = augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops,
@@ -130,12 +131,12 @@ def device_loader(args, mean, std):
     """--gpu_aug: MoCo v2's views (two crops, or the multi-crop groups) drawn on the device."""
     if not args.aug_plus and not args.multi_crop:
         raise util.UserError('--gpu_aug serves MoCo v2\'s augmentation: add --aug_plus (or drop --gpu_aug for v1\'s)')
-    if args.constrained_cropping or args.auto_augment:
-        raise util.UserError('--gpu_aug has no constrained cropping or AutoAugment: drop --gpu_aug or those options')
-    augment.MultiCropTransform(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops,
-                               mean, std)  # checks the crop options
-    views = [gpu_augment.moco_v2_view(size, mean, std, (lo, hi)) for n, size, lo, hi in
-             zip(args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops) for _ in range(n)]
+    if args.constrained_cropping and args.dataset not in ('cifar10', 'cifar100', 'stl10', 'digits'):
+        raise util.UserError('--gpu_aug draws constrained crops of in-memory datasets only (cifar10, cifar100, '
+                             'stl10, digits): drop --gpu_aug or --constrained_cropping')
+    views = gpu_strong.multi_crop_device_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
+                                               args.max_scale_crops, mean, std, args.constrained_cropping,
+                                               args.auto_augment)
     train_set = datasets.image_dataset(args, True, None)
     return datasets.train_loader(train_set, args, drop_last=True, device_views=views)
 

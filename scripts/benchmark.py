@@ -67,8 +67,12 @@ METHODS = {
         '--mlp', '--aug_plus', '--moco_t', '0.2', '--moco_k', queue(o), '--knn_freq', '0', '--nmb_crops', '2', '4',
         '--size_crops', str(o.size), str(o.size // 2), '--min_scale_crops', '0.2', '0.05',
         '--max_scale_crops', '1.0', '0.14'], True),
+    'moco_revisiting': ('main_moco.py', lambda o: [
+        '--mlp', '--aug_plus', '--moco_t', '0.2', '--moco_k', queue(o), '--knn_freq', '0', '--nmb_crops', '2', '4',
+        '--size_crops', str(o.size), str(o.size // 2), '--min_scale_crops', '0.2', '0.05',
+        '--max_scale_crops', '1.0', '0.14', '--constrained_cropping', '--auto_augment', '0', '2', '3', '4', '5'], True),
     'sce': ('main_sce.py', lambda o: ['--queue_size', queue(o), '--knn_freq', '0'], True),
-    'clsa': ('main_clsa.py', lambda o: ['--moco_k', queue(o), '--knn_freq', '0'], False),
+    'clsa': ('main_clsa.py', lambda o: ['--moco_k', queue(o), '--knn_freq', '0'], True),
     'video_sce': ('main_sce.py', lambda o: [
         '--dataset', 'video', '--data_folder', os.path.join(SHARED, 'videos', 'actions2', 'train'),
         '--model', o.video_model, '--size', str(o.video_size), '--num_frames', str(o.frames),

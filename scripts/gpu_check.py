@@ -37,6 +37,10 @@ SCRIPTS = {
                                             '--nmb_crops', '2', '2', '--size_crops', '32', '16',
                                             '--min_scale_crops', '0.2', '0.05', '--max_scale_crops', '1.0', '0.14',
                                             '--aux-weight', '0.4', '--aux-topk', '4']),
+    'moco_revisiting': ('main_moco.py', ['--mlp', '--aug_plus', '--moco_t', '0.2', '--moco_k', '256',
+                                         '--nmb_crops', '2', '2', '--size_crops', '32', '16',
+                                         '--min_scale_crops', '0.2', '0.05', '--max_scale_crops', '1.0', '0.14',
+                                         '--constrained_cropping', '--auto_augment', '0', '2', '3']),
     'sce': ('main_sce.py', ['--queue_size', '256']),
     'sce_video': ('main_sce.py', ['--queue_size', '16', '--num_frames', '2', '--batch_size', '2']),  # + --dataset video
     'clsa': ('main_clsa.py', ['--moco_k', '256']),
@@ -48,6 +52,8 @@ DEVICE_VIEWS = {
     'supcon_jpeg_folder': ['--gpu_aug'],  # workers read the files, nvJPEG decodes them on the GPU
     'simclr': ['--gpu_aug'],
     'moco_multicrop_knn': ['--gpu_aug'],
+    'moco_revisiting': ['--gpu_aug'],  # constrained crops and AutoAugment on the device
+    'clsa': ['--gpu_aug'],
     'sce': ['--gpu_aug'],
     'sce_video': ['--gpu_aug'],
 }

@@ -6,7 +6,8 @@ import sys
 
 from conftest import REPO
 
-ROWS = ['supcon', 'simclr', 'ce', 'linear', 'moco_multicrop_knn', 'sce', 'sce_video', 'clsa']
+ROWS = ['supcon', 'supcon_jpeg_folder', 'simclr', 'ce', 'linear', 'moco_multicrop_knn', 'moco_revisiting', 'sce',
+        'sce_video', 'clsa']
 
 
 def test_gpu_check_cpu_mode_runs_every_script(tmp_path):

@@ -280,7 +280,8 @@ def test_supcon_gpu_aug_on_an_image_folder_then_linear_eval(shared_data, tmp_pat
 
 
 @pytest.mark.parametrize('script, extra, needles', [
-    ('main_clsa.py', ['--dataset', 'digits', '--moco_k', '64', '--gpu_aug'], ['--gpu_aug', 'main_clsa.py']),
+    ('main_moco.py', ['--dataset', 'path', '--data_folder', 'DATA', '--moco_k', '64', '--constrained_cropping',
+                      '--gpu_aug'], ['--gpu_aug', 'in-memory datasets', '--constrained_cropping']),
     ('main_sce.py', ['--dataset', 'digits', '--queue_size', '64'], ['--batch_size 8 over --bn_splits 8']),
     ('main_ce.py', ['--dataset', 'digits', '--gpu_aug'], ['--gpu_aug', 'main_ce.py']),
     ('main_moco.py', ['--dataset', 'digits', '--moco_k', '64', '--gpu_aug'], ['--gpu_aug', '--aug_plus']),
