@@ -144,10 +144,8 @@ def parse_option():
     if args.batch_size // args.bn_splits < 2:  # the momentum projector's BatchNorm1d needs two rows per split
         raise util.UserError(f'--batch_size {args.batch_size} over --bn_splits {args.bn_splits} leaves one image per '
                              f'BatchNorm split: use a batch of at least {2 * args.bn_splits}, or fewer --bn_splits')
-    options.check_model_fits_data(args)
-    if args.dataset in VIDEO_DATASETS:
-        options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
-                       'video pretraining takes two clips of --size; drop it')
+    options.check_video_pretraining(args, given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
+                                    'video pretraining takes two clips of --size; drop it')
     if args.recipe == 'cifar':
         options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
                        'the cifar recipe has one weak and one strong view; multi-crop needs --recipe imagenet')
@@ -171,8 +169,7 @@ def parse_option():
         name += '_crops_' + '_'.join(f'{n}x{s}' for n, s in zip(args.nmb_crops, args.size_crops))
     if args.sym:
         name += '_sym'
-    if args.dataset in VIDEO_DATASETS:
-        name += f'_frames_{args.num_frames}'
+    name += options.video_run_name(args)
     options.name_run(args, name, 'SCE')
     return args
 

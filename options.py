@@ -15,8 +15,8 @@ from util import UserError
 from video_datasets import VIDEO_DATASETS
 
 TORCHVISION_DATASETS = ('cifar10', 'cifar100', 'stl10')
-VIDEO_OPTIONS = ('num_frames', 'clip_duration', 'test_clips', 'test_crops', 'split_id', 'split_dir', 'train_list',
-                 'val_list', 'frame_rate')
+VIDEO_OPTIONS = ('num_frames', 'clip_duration', 'num_clips', 'test_clips', 'test_crops', 'split_id', 'split_dir',
+                 'train_list', 'val_list', 'frame_rate')
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -47,7 +47,7 @@ POSITIVE = {'batch_size', 'batch_size_val', 'epochs', 'size', 'width', 'feat_dim
             'save_freq', 'num_frames', 'queue_size', 'proj_hidden', 'pred_hidden', 'proj_dim', 'proj_layers',
             'test_clips', 'test_crops', 'tsne_samples', 'val_freq', 'knn_k', 'recall_k', 'nmb_crops', 'size_crops',
             'aug_times', 'aux_topk', 'bn_splits', 'max_steps', 'nodes', 'world_size', 'num_classes', 'clip_duration',
-            'frame_rate', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
+            'frame_rate', 'num_clips', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
             # temperatures divide similarities: 0 is a division by zero, not a divergence
             'temp', 'moco_t', 'clsa_t', 'temp_m', 'knn_t'}
 FRACTION = {'moco_m', 'initial_momentum', 'coeff', 'momentum', 'crop_min_scale', 'min_scale_crops', 'max_scale_crops'}
@@ -191,14 +191,19 @@ def add_data_options(parser, size=32):
                    help='download cifar10/cifar100/stl10 when missing')
 
 
-def add_video_options(parser, num_frames=8):
+def add_video_options(parser, num_frames=8, num_clips=False):
     """The options of video data. Scripts that evaluate a checkpoint pass num_frames=None and take
-    its frames (frames_of_checkpoint)."""
+    its frames (frames_of_checkpoint); `num_clips`: the pretraining script takes --num_clips (rho)
+    clips of each video (SCE's loss is defined on its two clips, so main_sce has no such option)."""
     g = parser.add_argument_group('video (--dataset video, kinetics, ucf101, hmdb51)')
     g.add_argument('--num_frames', type=int, default=num_frames,
                    help='frames per clip, spread uniformly over --clip_duration' +
                         ('' if num_frames else ' (default: the frames the checkpoint was trained on, else 8)'))
     g.add_argument('--clip_duration', type=float, default=2.56, help='seconds a clip covers')
+    if num_clips:
+        g.add_argument('--num_clips', type=int, default=2,
+                       help='pretraining: clips (rho >= 2) drawn at independent random times of each video, each '
+                            'with its own view (rhoMoCo / rhoSimCLR, Feichtenhofer et al. CVPR 2021)')
     g.add_argument('--test_clips', type=int, default=10, help='clips per video at test time, spread uniformly')
     g.add_argument('--test_crops', type=int, default=3, help='spatial crops per test clip')
     g.add_argument('--split_id', type=int, choices=[1, 2, 3], default=1, help='UCF101 / HMDB51 split')
@@ -449,12 +454,30 @@ def check_model_fits_data(args):
                         f'use a video --dataset ({", ".join(VIDEO_DATASETS)})')
 
 
+def check_video_pretraining(args, given, image_only, why=None):
+    """--model and --dataset agree (check_model_fits_data); a video run refuses `image_only`, the
+    options of the script's image views (multi-crop, constrained cropping, AutoAugment...)."""
+    check_model_fits_data(args)
+    if args.dataset in VIDEO_DATASETS:
+        refuse(given, image_only, why or f'an option of image views, and --dataset {args.dataset} holds videos '
+                                         f'(each of the --num_clips clips gets one view of --size); drop it')
+
+
+def video_run_name(args):
+    """What a video run adds to its run name: --num_clips (where the script has it) and --num_frames."""
+    if args.dataset not in VIDEO_DATASETS:
+        return ''
+    return (f'_clips_{args.num_clips}' if 'num_clips' in vars(args) else '') + f'_frames_{args.num_frames}'
+
+
 def check_video_options(args):
     for name in ('num_frames', 'test_clips', 'test_crops'):
         if getattr(args, name) < 1:
             raise UserError(f'--{name} must be at least 1, got {getattr(args, name)}')
     if args.clip_duration <= 0:
         raise UserError(f'--clip_duration must be positive, got {args.clip_duration}')
+    if getattr(args, 'num_clips', 2) < 2:
+        raise UserError(f'--num_clips {args.num_clips}: contrasting clips of a video needs at least 2')
     if args.frame_rate is not None and args.frame_rate <= 0:
         raise UserError(f'--frame_rate must be positive, got {args.frame_rate}')
 
