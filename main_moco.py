@@ -208,6 +208,14 @@ def split_crops(crops, args):
     return crops[:1] + crops[2:], crops[1:2]
 
 
+def pairs_loss(criterion, q, k, queue, queries, keys):
+    """criterion over every pair of a query crop and a key crop of the same image: q holds `queries`
+    crops and k `keys` crops ([bsz * crops, D], crop-major), one of the two counts being 1 (images:
+    each query crop against the one key; videos: the one query clip against each key clip, as
+    rhoMoCo). All pairs share the queue, so one cross-entropy over the stacked pairs is their mean."""
+    return criterion(q.repeat(keys, 1), k.repeat(queries, 1), queue)
+
+
 def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss, time, images)."""
     model.train()
@@ -230,9 +238,7 @@ def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, sca
                 # each key clip on its own, as PySlowFast's SEQUENTIAL: BatchNorm statistics per clip
                 k, k_trunk = (torch.cat(out) for out in zip(*(shuffled_forward(momentum_encoder, c)
                                                               for c in key_crops)))
-        # Every query's positive is its image's key; a video's one query meets each of its keys in
-        # turn, with the same queue: one cross-entropy over the pairs is the mean over the keys.
-        loss = moco_loss(q.repeat(len(key_crops), 1), k.repeat(len(query_crops), 1), queue.keys.clone())
+        loss = pairs_loss(moco_loss, q, k, queue.keys.clone(), len(query_crops), len(key_crops))
         if queue_backbone is not None:
             aux = knn_loss(q, F.normalize(q_trunk.float(), dim=1), queue.keys.clone(), queue_backbone.keys.clone())
             loss = loss + args.aux_weight * aux
