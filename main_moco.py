@@ -103,12 +103,9 @@ def parse_option():
     args.size_crops = args.size_crops or [args.size] * len(args.nmb_crops)
     args.min_scale_crops = args.min_scale_crops or [0.2] * len(args.nmb_crops)
     args.max_scale_crops = args.max_scale_crops or [1.0] * len(args.nmb_crops)
-    # every key is enqueued: a video's --num_clips - 1 key clips (PySlowFast's MOCO_MULTI_VIEW_QUEUE), an image's one
-    args.num_keys = args.num_clips - 1 if args.dataset in VIDEO_DATASETS else 1
-    if args.moco_k % (args.num_keys * args.batch_size):
-        raise util.UserError(f'--moco_k {args.moco_k} is not divisible by the {args.num_keys * args.batch_size} keys '
-                             f'each step enqueues ({args.num_keys} x the global batch {args.batch_size}): the queue '
-                             f'holds whole batches')
+    if args.moco_k % args.batch_size:
+        raise util.UserError(f'--moco_k {args.moco_k} is not divisible by the global batch {args.batch_size}: '
+                             f'the queue holds whole batches')
     name = (f'MoCo_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_t_{args.moco_t}_m_{args.moco_m}_k_{args.moco_k}_trial_{args.trial}')
     if args.mlp:
@@ -244,10 +241,11 @@ def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, sca
             loss = loss + args.aux_weight * aux
 
         optim.step(optimizer, scaler, loss)
-        queue.enqueue(torch.cat([distributed.gather(key.float()) for key in k.split(bsz)]))
-        if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
-            queue_backbone.enqueue(torch.cat([distributed.gather(F.normalize(t.float(), dim=1))
-                                              for t in k_trunk.split(bsz)]))
+        # every key clip's batch in turn, as PySlowFast's MOCO_MULTI_VIEW_QUEUE (an image has one)
+        for key, key_trunk in zip(k.split(bsz), k_trunk.split(bsz)):
+            queue.enqueue(distributed.gather(key.float()))
+            if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
+                queue_backbone.enqueue(distributed.gather(F.normalize(key_trunk.float(), dim=1)))
         progress.step(idx, bsz, loss=loss)
     return progress.end()
 

@@ -91,8 +91,7 @@ def parse_option():
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,
                         help='defaults of a released configuration (default: cifar for cifar10/cifar100/stl10/digits, '
                              'r3d18_kinetics200 for videos, else imagenet)')
-    parser.add_argument('--optimizer', choices=['lars', 'sgd'], help='LARS: trust coefficient --trust_coefficient')
-    parser.add_argument('--trust_coefficient', type=float, default=1e-3, help='LARS trust coefficient')
+    options.add_optimizer_options(parser, default=None)  # the recipe's
     parser.add_argument('--warmup_epochs', type=int, help='linear warm-up from 0, then a per-step cosine to 0')
 
     g = parser.add_argument_group('SCE')
@@ -135,8 +134,7 @@ def parse_option():
     options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate', 'cosine'),
                    "SCE's schedule is always a warm-up then a cosine to 0; drop it")
     args.cosine = True  # always (and in the run name, as SupContrast's cosine runs)
-    if args.optimizer != 'lars':
-        options.refuse(given, ('trust_coefficient',), 'it is LARS\'s; this run uses --optimizer sgd')
+    options.check_optimizer(args, given)
     args.lr_decay_rate = 0.0  # the cosine ends at 0
     options.check_launcher(args, given)
     options.finish_options(args, given)

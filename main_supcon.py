@@ -35,6 +35,7 @@ def parse_option():
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')
     parser.add_argument('--head', type=str, default='mlp', choices=['mlp', 'linear'])
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
+    options.add_optimizer_options(parser, default='sgd')
     g = parser.add_argument_group('momentum encoder (SupContrast\'s ImageNet model; MoCo\'s spellings and defaults, '
                                   'which the SupContrast README does not state)')
     g.add_argument('--momentum_encoder', action='store_true',
@@ -47,6 +48,7 @@ def parse_option():
     args, given = options.parse(parser)
 
     options.check_schedule(args, given)
+    options.check_optimizer(args, given)
     options.finish_options(args, given)
     options.check_video_pretraining(args, given, ('momentum_encoder',),
                                     "the momentum encoder is SupContrast's ImageNet model; a video run contrasts "
@@ -54,6 +56,8 @@ def parse_option():
     args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}') + options.video_run_name(args)
+    if args.optimizer == 'lars':
+        name += '_lars'
     if args.momentum_encoder:
         # each step enqueues both views' keys of the global batch: the queue holds whole steps
         if args.moco_k % (2 * args.batch_size):
@@ -145,7 +149,7 @@ def main():
     ckpt = distributed.start(args)
     loader, knn_loaders = set_loader(args)
     model, criterion, momentum = set_model(args)
-    optimizer = optim.build_optimizer(model.parameters(), args)
+    optimizer = optim.build_optimizer(model.parameters(), args, kind=args.optimizer)
     run = pretraining.Run(args, ckpt, args.method, model, optimizer, knn_loaders,
                           momentum.state() if momentum else None)
     scalars = {'momentum': args.moco_m} if momentum else {}

@@ -240,6 +240,18 @@ def add_launcher_options(parser, per_node=False):
                    help='write checkpoints here (tensorboard in its tensorboard/) instead of under --save_root')
 
 
+def add_optimizer_options(parser, default):
+    """--optimizer sgd|lars and LARS's --trust_coefficient (check_optimizer refuses it under SGD)."""
+    parser.add_argument('--optimizer', choices=['lars', 'sgd'], default=default,
+                        help='LARS: trust coefficient --trust_coefficient, no decay or scaling of 1-D parameters')
+    parser.add_argument('--trust_coefficient', type=float, default=1e-3, help='LARS trust coefficient')
+
+
+def check_optimizer(args, given):
+    if args.optimizer != 'lars':
+        refuse(given, ('trust_coefficient',), f"it is LARS's; this run uses --optimizer {args.optimizer}")
+
+
 def add_knn_options(parser, default_freq=None):
     """default_freq None: 10 when the dataset has an evaluation split, else 0 (pretraining)."""
     g = parser.add_argument_group('kNN monitor')

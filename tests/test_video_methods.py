@@ -205,8 +205,7 @@ def test_video_options_that_do_not_apply_are_one_line_errors(videos, monkeypatch
             (main_moco, [*video, '--constrained_cropping'], '--constrained_cropping: an option of image views'),
             (main_moco, [*video, '--auto_augment', '0'], '--auto_augment: an option of image views'),
             (main_moco, [*video, '--aug_plus'], '--aug_plus: an option of image views'),
-            (main_moco, [*video, '--batch_size', '6', '--num_clips', '3', '--moco_k', '30', '--bn_splits', '1'],
-             'not divisible by the 12 keys'),
+            (main_supcon, [*video, '--trust_coefficient', '0.01'], "it is LARS's"),
             (main_clsa, [*video, '--pick_weak', '0'], '--pick_weak: a video run takes a weak and a strong view'),
             (main_clsa, [*video, '--size_crops', '32', '16'], '--size_crops')]:
         with pytest.raises(util.UserError, match=re.escape(needle)):
