@@ -103,6 +103,12 @@ def clip_device_views(size, mean, std):
     return [ClipBatchView(size, mean, std, blur_p=1.0), ClipBatchView(size, mean, std, blur_p=0.1, solarize_p=0.2)]
 
 
+def rho_clip_device_view(size, mean, std):
+    """video_augment.rho_clip_view on the device (rhoSimCLR / rhoMoCo): jitter (0.6, 0.6, 0.6, 0.15)
+    p 0.8, grayscale p 0.2, blur p 0.5, no solarize."""
+    return ClipBatchView(size, mean, std, jitter=(0.6, 0.6, 0.6, 0.15), blur_p=0.5)
+
+
 def reflect_blur(x, sigma, kernel):
     """torchvision's gaussian_blur (kernel taps, reflected borders) of [n, C, H, W] with sigma[i] per
     image: a separable blur as two grouped 1-D convolutions, kernel taps per pixel."""

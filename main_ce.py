@@ -21,6 +21,7 @@ import distributed
 import options
 import util
 import video_augment
+import video_options
 from networks.resnet_big import SupCEResNet
 from video_datasets import VIDEO_DATASETS
 
@@ -46,7 +47,7 @@ def parse_option():
     parser.add_argument('--dropout', type=float, default=0.0, help='dropout before the classifier')
     options.add_classifier_options(parser)
     options.add_knn_options(parser, default_freq=0)  # the trunk's kNN accuracy, as the pretraining scripts log it
-    options.add_video_options(parser, num_frames=None)
+    video_options.add_video_options(parser, num_frames=None)
     # add_common_options declares --learning_rate; its help says how videos default it
     next(a for a in parser._actions if a.dest == 'learning_rate').help = (
         f'learning rate; videos: {VIDEO_FINETUNING["lr_per_256"]} per 256 clips x --batch_size / 256 unless given '
@@ -61,11 +62,11 @@ def parse_option():
     if args.pretrained:
         args.pretrained_ckpt = checkpoints.load_checkpoint(args.pretrained, '--pretrained')
         checkpoints.take_trunk_options(args, args.pretrained_ckpt, f'--pretrained {args.pretrained}', given)
-    options.frames_of_checkpoint(args, args.pretrained_ckpt['args'] if args.pretrained else {})
+    video_options.frames_of_checkpoint(args, args.pretrained_ckpt['args'] if args.pretrained else {})
     options.finish_options(args, given)
     if args.warmup_epochs is None:
         args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
-    options.check_model_fits_data(args)
+    video_options.check_model_fits_data(args)
     name = (f'SupCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_trial_{args.trial}')
     if args.pretrained:

@@ -8,6 +8,9 @@ retrieve the candidates its weak view retrieves.
         --moco_dim=128 --moco_k=65536 --moco_m=0.999 --moco_t=0.2 --alpha=1 --aug_times=5 \
         --nmb_crops 1 1 --size_crops 224 96 --min_scale_crops 0.2 0.086 --max_scale_crops 1.0 0.429 \
         --pick_strong 1 --pick_weak 0 --clsa_t 0.2 --sym 0
+    # videos: clip 0 of each video is the key; each other clip of --num_clips gives a weak query and a
+    # strong one (CLSA's strong operations drawn once per clip, applied to every frame)
+    python main_clsa.py --dataset kinetics --data_folder DIR --model r3d18 --size 112 --num_clips 3 --num_frames 8
 """
 import torch
 
@@ -19,10 +22,13 @@ import optim
 import options
 import pretraining
 import util
+import video_augment
+import video_options
 from losses import BatchKeysMoCoLoss, CLSALoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import Queue, convert_split_batchnorm, shuffled_forward
 from networks.resnet_big import build_trunk
+from video_datasets import VIDEO_DATASETS, video_dataset
 
 # The released crop groups at 224 px, scaled to --size when no crop option is given
 CROP_FRACTIONS = (1.0, 6 / 7, 5 / 7, 4 / 7, 3 / 7)  # 224 192 160 128 96
@@ -63,6 +69,7 @@ def parse_option():
                    help='crops used as strongly augmented queries (default: all)')
     g.add_argument('--sym', type=int, choices=[0, 1], default=0,
                    help='1: also the key crop as a query, against the momentum keys of the first weak crop')
+    video_options.add_video_options(parser, num_clips=True)
     args, given = options.parse(parser)
 
     options.refuse(given, ('lr_decay_rate', 'lr_decay_epochs', 'cosine'),
@@ -75,6 +82,13 @@ def parse_option():
     options.per_node_batch(args, given)
     options.finish_options(args, given)
     options.resolve_bn_splits(args, given)
+    video_options.check_video_pretraining(args, given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops',
+                                                  'pick_weak', 'pick_strong'),
+                                    'a video run takes a weak and a strong view of --size of each clip after the '
+                                    'first (the key), --num_clips in all; drop it')
+    if args.dataset in VIDEO_DATASETS:  # one group: the clips after the key, each picked weak and strong
+        args.nmb_crops, args.size_crops = [args.num_clips - 1], [args.size]
+        args.pick_weak = args.pick_strong = list(range(args.num_clips - 1))
     if args.moco_k % args.batch_size:
         raise util.UserError(f'--moco_k {args.moco_k} is not divisible by the global batch {args.batch_size}: '
                              f'the queue holds whole batches')
@@ -91,12 +105,18 @@ def parse_option():
             f'_strong_{picks(args.pick_strong)}_trial_{args.trial}')
     if args.sym:
         name += '_sym'
+    name += video_options.video_run_name(args)
     options.name_run(args, name, 'CLSA')
     return args
 
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
+    if args.dataset in VIDEO_DATASETS:  # the key clip's view, then each other clip's (weak, strong) pair
+        views = [video_augment.rho_clip_view(args.size, mean, std),
+                 *[video_augment.WeakStrongClip(args.size, mean, std, args.aug_times)] * (args.num_clips - 1)]
+        return (datasets.train_loader(video_dataset(args, True, views), args, drop_last=True),
+                datasets.knn_loaders(args))
     views = augment.CLSATransform(args.size, args.nmb_crops, args.size_crops, args.min_scale_crops,
                                   args.max_scale_crops, args.pick_weak, args.pick_strong, args.aug_times,
                                   mean, std)
@@ -131,6 +151,14 @@ def lr_at(args, epoch, step, steps):
     return epoch_lr(epoch)
 
 
+def split_crops(crops, args):
+    """(key crop, weak crops, strong crops) of a batch: images come in this order; videos as the key
+    clip, then a (weak, strong) pair of each other clip."""
+    if args.dataset in VIDEO_DATASETS:
+        return crops[0], [weak for weak, _ in crops[1:]], [strong for _, strong in crops[1:]]
+    return crops[0], crops[1:1 + len(args.pick_weak)], crops[1 + len(args.pick_weak):]
+
+
 def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss and divergence, time, images)."""
     model.train()
@@ -139,9 +167,10 @@ def train(loader, model, momentum_encoder, queue, optimizer, scaler, epoch, args
     progress = util.EpochProgress(epoch, len(loader), args)
     for idx, (crops, _) in enumerate(loader):
         progress.data_ready()
-        crops = [distributed.to_device(c, args) for c in crops]
-        key_crop, weak_crops = crops[0], crops[1:1 + len(args.pick_weak)]
-        strong_crops = crops[1 + len(args.pick_weak):]
+        key_crop, weak_crops, strong_crops = split_crops(crops, args)
+        key_crop = distributed.to_device(key_crop, args)
+        weak_crops = [distributed.to_device(c, args) for c in weak_crops]
+        strong_crops = [distributed.to_device(c, args) for c in strong_crops]
         bsz = key_crop.shape[0]
         optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
 

@@ -33,6 +33,7 @@ import distributed
 import options
 import util
 import video_augment
+import video_options
 from networks.resnet3d import VIDEO_MODEL_NAMES
 from networks.resnet_big import LinearClassifier
 from video_datasets import VIDEO_DATASETS
@@ -104,7 +105,7 @@ def parse_option():
     parser.add_argument('--fc_init', choices=['default', 'normal'], help="'normal': weights N(0, 0.01), bias 0")
     parser.add_argument('--crop_min_scale', type=float, help='smallest area of the training crop')
     options.add_classifier_options(parser)
-    options.add_video_options(parser, num_frames=None)
+    video_options.add_video_options(parser, num_frames=None)
     parser.set_defaults(size=None)  # the checkpoint's
     found = {}
 
@@ -145,8 +146,8 @@ def parse_option():
 
     args.pretrained_ckpt = found['ckpt']
     checkpoints.take_trunk_options(args, args.pretrained_ckpt, f'--ckpt {args.ckpt}', given)
-    options.check_model_fits_data(args)
-    options.frames_of_checkpoint(args, args.pretrained_ckpt['args'])
+    video_options.check_model_fits_data(args)
+    video_options.frames_of_checkpoint(args, args.pretrained_ckpt['args'])
     if args.size is None:
         args.size = args.pretrained_ckpt['args']['size']
     options.finish_options(args, given)

@@ -6,6 +6,10 @@ Contrastive Methods for Unsupervised Learning of Visual Representations" (Van Ga
     python main_moco.py -a resnet50 --lr 0.3 --batch-size 256 DIR --mlp --moco-t 0.2 --cos --moco-m 0.995 \
         --size_crops 160 96 --min_scale_crops 0.2 0.05 --max_scale_crops 1.0 0.14 --num_crops 2 4 \
         --constrained-cropping --auto-augment 0 2 3 4 5 --aux-topk 20 --aux-weight 0.4
+    # videos (rhoMoCo, Feichtenhofer et al. CVPR 2021): clip 0 of each video is the query, its
+    # --num_clips - 1 other clips the keys (the loss averaged over them, every key enqueued)
+    python main_moco.py --dataset kinetics --data_folder DIR --model r3d50 --num_clips 4 --num_frames 8 \
+        --mlp --moco_t 0.1 --moco_m 0.994 --moco_m_cos --cos
 """
 import os
 
@@ -16,15 +20,24 @@ import torch.nn.functional as F
 import augment
 import datasets
 import distributed
+import gpu_loaders
 import gpu_strong
+import gpu_views
 import optim
 import options
 import pretraining
 import util
+import video_augment
+import video_options
 from losses import KNNLoss, MoCoLoss
 from networks.heads import EncoderWithHead, mlp_head
-from networks.momentum import Queue, convert_split_batchnorm, shuffled_forward
+from networks.momentum import Queue, convert_split_batchnorm, cosine_momentum, shuffled_forward
 from networks.resnet_big import build_trunk
+from video_datasets import VIDEO_DATASETS, video_dataset
+
+# the options of the image views (MoCo v2's and Revisiting's crops), which a video run refuses
+IMAGE_VIEW_OPTIONS = ('aug_plus', 'nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops',
+                      'constrained_cropping', 'auto_augment')
 
 
 def parse_option():
@@ -42,6 +55,9 @@ def parse_option():
     g.add_argument('--moco_dim', '--moco-dim', type=int, default=128, help='key dimension')
     g.add_argument('--moco_k', '--moco-k', type=int, default=65536, help='queue size')
     g.add_argument('--moco_m', '--moco-m', type=float, default=0.999, help='key-encoder momentum')
+    g.add_argument('--moco_m_cos', '--moco-m-cos', action='store_true',
+                   help='the momentum rises from --moco_m to 1 along a half cosine over the run, per step '
+                        '(MoCo v3\'s spelling; PySlowFast\'s MOMENTUM_ANNEALING)')
     g.add_argument('--moco_t', '--moco-t', type=float, default=0.07, help='softmax temperature')
     g.add_argument('--mlp', action='store_true', help='MoCo v2 head: 2-layer MLP instead of a linear layer')
     g.add_argument('--aug_plus', '--aug-plus', action='store_true', help='MoCo v2 augmentation (blur, SimCLR jitter)')
@@ -62,6 +78,7 @@ def parse_option():
                    help='crop indices that get AutoAugment half of the time (never 1, the key)')
     g.add_argument('--aux_topk', '--aux-topk', type=int, default=50, help='neighbours of the kNN loss (with --aux_weight)')
     g.add_argument('--aux_weight', '--aux-weight', type=float, default=0.0, help='weight of the kNN loss (0 = off)')
+    video_options.add_video_options(parser, num_clips=True)
     args, given = options.parse(parser)
 
     if args.data is not None:
@@ -81,6 +98,7 @@ def parse_option():
     options.per_node_batch(args, given)
     options.finish_options(args, given)
     options.resolve_bn_splits(args, given)
+    video_options.check_video_pretraining(args, given, IMAGE_VIEW_OPTIONS)
     # Any crop option selects the Revisiting multi-crop pipeline (MoCo v2 augmentation per crop),
     # as the released code's scripts do for the baseline too.
     args.multi_crop = bool(given & {'nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops',
@@ -105,12 +123,22 @@ def parse_option():
         name += '_autoaug'
     if args.aux_weight > 0:
         name += f'_knn_{args.aux_topk}_{args.aux_weight}'
+    if args.moco_m_cos:
+        name += '_mcos'
+    name += video_options.video_run_name(args)
     options.name_run(args, name, 'MoCo')
     return args
 
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
+    if args.dataset in VIDEO_DATASETS:  # rhoMoCo: --num_clips clips at independent times, one view each
+        on_device = options.gpu_aug_on(args)  # workers decode, the device draws each clip's view
+        view = gpu_loaders.raw_clip if on_device else video_augment.rho_clip_view(args.size, mean, std)
+        train_set = video_dataset(args, True, [view] * args.num_clips)
+        device_views = [gpu_views.rho_clip_device_view(args.size, mean, std)] * args.num_clips
+        return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
+                datasets.knn_loaders(args))
     in_memory = args.dataset in ('cifar10', 'cifar100', 'stl10', 'digits')
     if options.gpu_aug_on(args, (args.aug_plus or args.multi_crop) and (in_memory or not args.constrained_cropping)):
         return device_loader(args, mean, std), datasets.knn_loaders(args)
@@ -172,34 +200,60 @@ def lr_at(args, epoch, step, steps):
     return epoch_lr(epoch)
 
 
+def momentum_at(args, step, total_steps):
+    """The key encoder's momentum: --moco_m, or with --moco_m_cos rising along a half cosine to 1."""
+    return cosine_momentum(args.moco_m, step, total_steps) if args.moco_m_cos else args.moco_m
+
+
+def split_crops(crops, args):
+    """(query crops, key crops). Images: crop 1 is the key, the others are queries (Revisiting's small
+    crops too); videos (rhoMoCo): clip 0 is the query, the other --num_clips - 1 clips are keys."""
+    if args.dataset in VIDEO_DATASETS:
+        return crops[:1], crops[1:]
+    return crops[:1] + crops[2:], crops[1:2]
+
+
+def pairs_loss(criterion, q, k, queue, queries, keys):
+    """criterion over every pair of a query crop and a key crop of the same image: q holds `queries`
+    crops and k `keys` crops ([bsz * crops, D], crop-major), one of the two counts being 1 (images:
+    each query crop against the one key; videos: the one query clip against each key clip, as
+    rhoMoCo). All pairs share the queue, so one cross-entropy over the stacked pairs is their mean."""
+    return criterion(q.repeat(keys, 1), k.repeat(queries, 1), queue)
+
+
 def train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, scaler, epoch, args):
     """One epoch; returns its progress (average loss, time, images)."""
     model.train()
     momentum_encoder.train()
     moco_loss, knn_loss = MoCoLoss(args.moco_t), KNNLoss(args.aux_topk, args.moco_t)
-    progress = util.EpochProgress(epoch, len(loader), args)
+    steps = len(loader)
+    progress = util.EpochProgress(epoch, steps, args)
     for idx, (crops, _) in enumerate(loader):
         progress.data_ready()
         crops = [distributed.to_device(c, args) for c in crops]
-        query_crops, key_crop = crops[:1] + crops[2:], crops[1]
-        bsz = key_crop.shape[0]
-        optim.set_lr(optimizer, lr_at(args, epoch, idx, len(loader)))
+        query_crops, key_crops = split_crops(crops, args)
+        bsz = crops[0].shape[0]
+        optim.set_lr(optimizer, lr_at(args, epoch, idx, steps))
 
         with util.autocast(args):
-            q, q_trunk = model(query_crops)  # [bsz * (crops - 1), D], crop-major
+            q, q_trunk = model(query_crops)  # [bsz * query crops, D], crop-major
             with torch.no_grad():
-                momentum_encoder.update(util.unwrap(model), args.moco_m)
-                k, k_trunk = shuffled_forward(momentum_encoder, key_crop)
-        keys = k.repeat(len(query_crops), 1)  # every query crop's positive is its image's key
-        loss = moco_loss(q, keys, queue.keys.clone())
+                momentum_encoder.update(util.unwrap(model), momentum_at(args, (epoch - 1) * steps + idx,
+                                                                        args.epochs * steps))
+                # each key clip on its own, as PySlowFast's SEQUENTIAL: BatchNorm statistics per clip
+                k, k_trunk = (torch.cat(out) for out in zip(*(shuffled_forward(momentum_encoder, c)
+                                                              for c in key_crops)))
+        loss = pairs_loss(moco_loss, q, k, queue.keys.clone(), len(query_crops), len(key_crops))
         if queue_backbone is not None:
             aux = knn_loss(q, F.normalize(q_trunk.float(), dim=1), queue.keys.clone(), queue_backbone.keys.clone())
             loss = loss + args.aux_weight * aux
 
         optim.step(optimizer, scaler, loss)
-        queue.enqueue(distributed.gather(k.float()))
-        if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
-            queue_backbone.enqueue(distributed.gather(F.normalize(k_trunk.float(), dim=1)))
+        # every key clip's batch in turn, as PySlowFast's MOCO_MULTI_VIEW_QUEUE (an image has one)
+        for key, key_trunk in zip(k.split(bsz), k_trunk.split(bsz)):
+            queue.enqueue(distributed.gather(key.float()))
+            if queue_backbone is not None:  # enqueued with the same batches, so row-aligned with `queue`
+                queue_backbone.enqueue(distributed.gather(F.normalize(key_trunk.float(), dim=1)))
         progress.step(idx, bsz, loss=loss)
     return progress.end()
 
@@ -216,7 +270,7 @@ def main():
     for epoch in run.epochs():
         loader.sampler.set_epoch(epoch)
         progress = train(loader, model, momentum_encoder, queue, queue_backbone, optimizer, run.scaler, epoch, args)
-        run.end_epoch(epoch, progress, momentum=args.moco_m)
+        run.end_epoch(epoch, progress, momentum=momentum_at(args, epoch * len(loader) - 1, args.epochs * len(loader)))
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ import datasets
 import distributed
 import options
 import util
+import video_options
 from evaluation import checkpoint_file_key, extract_features, folder_fingerprint, knn_accuracies, recall_at_k
 from video_datasets import VIDEO_DATASETS
 
@@ -41,7 +42,7 @@ def parse_option():
     options.add_extraction_options(parser, 'features_<ckpt name>_<dataset>_<size>/')
     options.add_data_options(parser)
     parser.set_defaults(dataset=None, size=None)  # None: the checkpoint's dataset, folders, statistics, size
-    options.add_video_options(parser, num_frames=None)
+    video_options.add_video_options(parser, num_frames=None)
 
     g = parser.add_argument_group('evaluation')
     g.add_argument('--knn_k', type=int, nargs='+', default=[10, 20, 100, 200], help='neighbours of the kNN vote')
@@ -78,8 +79,8 @@ def parse_option():
             args.mean, args.std = tuple(saved['mean']), tuple(saved['std'])
     options.check_data_options(args, given)
     args.model = saved['model']
-    options.check_model_fits_data(args)
-    options.frames_of_checkpoint(args, saved)
+    video_options.check_model_fits_data(args)
+    video_options.frames_of_checkpoint(args, saved)
     if args.dataset in VIDEO_DATASETS:
         options.check_video_options(args)
     if args.size is None:

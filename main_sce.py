@@ -43,6 +43,7 @@ import options
 import pretraining
 import util
 import video_augment
+import video_options
 from losses import SCELoss
 from networks.heads import EncoderWithHead, mlp_head
 from networks.momentum import (MomentumEncoder, Queue, convert_split_batchnorm, cosine_momentum,
@@ -91,8 +92,7 @@ def parse_option():
     parser.add_argument('--recipe', choices=sorted(RECIPES), default=None,
                         help='defaults of a released configuration (default: cifar for cifar10/cifar100/stl10/digits, '
                              'r3d18_kinetics200 for videos, else imagenet)')
-    parser.add_argument('--optimizer', choices=['lars', 'sgd'], help='LARS: trust coefficient --trust_coefficient')
-    parser.add_argument('--trust_coefficient', type=float, default=1e-3, help='LARS trust coefficient')
+    options.add_optimizer_options(parser, default=None)  # the recipe's
     parser.add_argument('--warmup_epochs', type=int, help='linear warm-up from 0, then a per-step cosine to 0')
 
     g = parser.add_argument_group('SCE')
@@ -124,7 +124,7 @@ def parse_option():
     g.add_argument('--size_crops', type=int, nargs='+', default=None, help='default: --size each')
     g.add_argument('--min_scale_crops', type=float, nargs='+', default=None, help='default: 0.2 each')
     g.add_argument('--max_scale_crops', type=float, nargs='+', default=None, help='default: 1.0 each')
-    options.add_video_options(parser)
+    video_options.add_video_options(parser)
 
     args, given = options.parse(parser, lambda known: dict(
         recipe=(recipe := known.recipe or ('cifar' if known.dataset in SMALL_IMAGE_DATASETS else 'r3d18_kinetics200'
@@ -135,8 +135,7 @@ def parse_option():
     options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate', 'cosine'),
                    "SCE's schedule is always a warm-up then a cosine to 0; drop it")
     args.cosine = True  # always (and in the run name, as SupContrast's cosine runs)
-    if args.optimizer != 'lars':
-        options.refuse(given, ('trust_coefficient',), 'it is LARS\'s; this run uses --optimizer sgd')
+    options.check_optimizer(args, given)
     args.lr_decay_rate = 0.0  # the cosine ends at 0
     options.check_launcher(args, given)
     options.finish_options(args, given)
@@ -144,10 +143,8 @@ def parse_option():
     if args.batch_size // args.bn_splits < 2:  # the momentum projector's BatchNorm1d needs two rows per split
         raise util.UserError(f'--batch_size {args.batch_size} over --bn_splits {args.bn_splits} leaves one image per '
                              f'BatchNorm split: use a batch of at least {2 * args.bn_splits}, or fewer --bn_splits')
-    options.check_model_fits_data(args)
-    if args.dataset in VIDEO_DATASETS:
-        options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
-                       'video pretraining takes two clips of --size; drop it')
+    video_options.check_video_pretraining(args, given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
+                                    'video pretraining takes two clips of --size; drop it')
     if args.recipe == 'cifar':
         options.refuse(given, ('nmb_crops', 'size_crops', 'min_scale_crops', 'max_scale_crops'),
                        'the cifar recipe has one weak and one strong view; multi-crop needs --recipe imagenet')
@@ -171,8 +168,7 @@ def parse_option():
         name += '_crops_' + '_'.join(f'{n}x{s}' for n, s in zip(args.nmb_crops, args.size_crops))
     if args.sym:
         name += '_sym'
-    if args.dataset in VIDEO_DATASETS:
-        name += f'_frames_{args.num_frames}'
+    name += video_options.video_run_name(args)
     options.name_run(args, name, 'SCE')
     return args
 

@@ -5,6 +5,9 @@
     # ImageNet with a momentum encoder and a queue of labelled keys (the SupContrast README's 79.1 % model)
     python main_supcon.py --dataset imagenet --data_folder DIR --model resnet50 --size 224 --batch_size 1024 \
         --learning_rate 0.5 --temp 0.1 --cosine --epochs 200 --momentum_encoder --moco_k 65536 --moco_m 0.999
+    # videos (rhoSimCLR, Feichtenhofer et al. CVPR 2021): the --num_clips clips of each video are its views
+    python main_supcon.py --method SimCLR --dataset kinetics --data_folder DIR --model r3d50 --size 224 \
+        --num_clips 2 --num_frames 8 --temp 0.1 --cosine
 """
 import torch
 
@@ -12,13 +15,18 @@ import augment
 import datasets
 import distributed
 import gpu_augment
+import gpu_loaders
+import gpu_views
 import optim
 import options
 import pretraining
 import util
+import video_augment
+import video_options
 from losses import SupConLoss, SupConMomentumLoss
 from networks.resnet_big import SupConResNet
 from networks.supcon_momentum import LabelledQueue, MomentumKeys
+from video_datasets import VIDEO_DATASETS, video_dataset
 
 
 def parse_option():
@@ -30,6 +38,7 @@ def parse_option():
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')
     parser.add_argument('--head', type=str, default='mlp', choices=['mlp', 'linear'])
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
+    options.add_optimizer_options(parser, default='sgd')
     g = parser.add_argument_group('momentum encoder (SupContrast\'s ImageNet model; MoCo\'s spellings and defaults, '
                                   'which the SupContrast README does not state)')
     g.add_argument('--momentum_encoder', action='store_true',
@@ -38,13 +47,20 @@ def parse_option():
     g.add_argument('--moco_k', '--moco-k', type=int, default=65536,
                    help='queue size, in keys (a multiple of 2 views x --batch_size)')
     g.add_argument('--moco_m', '--moco-m', type=float, default=0.999, help='key-encoder momentum')
+    video_options.add_video_options(parser, num_clips=True)
     args, given = options.parse(parser)
 
     options.check_schedule(args, given)
+    options.check_optimizer(args, given)
     options.finish_options(args, given)
+    video_options.check_video_pretraining(args, given, ('momentum_encoder',),
+                                    "the momentum encoder is SupContrast's ImageNet model; a video run contrasts "
+                                    'the --num_clips clips of the batch; drop it')
     args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
-            f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}')
+            f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}') + video_options.video_run_name(args)
+    if args.optimizer == 'lars':
+        name += '_lars'
     if args.momentum_encoder:
         # each step enqueues both views' keys of the global batch: the queue holds whole steps
         if args.moco_k % (2 * args.batch_size):
@@ -59,11 +75,18 @@ def parse_option():
 
 def set_loader(args):
     mean, std = datasets.mean_std(args)
-    if options.gpu_aug_on(args):  # the same two views, drawn for the whole batch on the device
-        views, device_views = None, [gpu_augment.supcon_view(args.size, mean, std)] * 2
+    if args.dataset in VIDEO_DATASETS:  # rho clips at independent times, each with its own view: the n_views
+        on_device = options.gpu_aug_on(args)  # workers decode, the device draws each clip's view
+        view = gpu_loaders.raw_clip if on_device else video_augment.rho_clip_view(args.size, mean, std)
+        train_set = video_dataset(args, True, [view] * args.num_clips)
+        device_views = [gpu_views.rho_clip_device_view(args.size, mean, std)] * args.num_clips
+    elif options.gpu_aug_on(args):  # the same two views, drawn for the whole batch on the device
+        train_set = datasets.image_dataset(args, True, None)
+        device_views = [gpu_augment.supcon_view(args.size, mean, std)] * 2
     else:
-        views, device_views = augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std)), None
-    train_set = datasets.image_dataset(args, True, views)
+        train_set = datasets.image_dataset(args, True,
+                                           augment.TwoCropTransform(augment.supcon_transform(args.size, mean, std)))
+        device_views = None
     if args.method == 'SupCon':  # SimCLR needs no labels
         datasets.require_labels(train_set, 'SupCon (--method SimCLR does not)')
     # the queue's layout needs full batches: the momentum encoder's runs drop a partial last one
@@ -132,7 +155,7 @@ def main():
     ckpt = distributed.start(args)
     loader, knn_loaders = set_loader(args)
     model, criterion, momentum = set_model(args)
-    optimizer = optim.build_optimizer(model.parameters(), args)
+    optimizer = optim.build_optimizer(model.parameters(), args, kind=args.optimizer)
     run = pretraining.Run(args, ckpt, args.method, model, optimizer, knn_loaders,
                           momentum.state() if momentum else None)
     scalars = {'momentum': args.moco_m} if momentum else {}

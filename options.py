@@ -15,8 +15,8 @@ from util import UserError
 from video_datasets import VIDEO_DATASETS
 
 TORCHVISION_DATASETS = ('cifar10', 'cifar100', 'stl10')
-VIDEO_OPTIONS = ('num_frames', 'clip_duration', 'test_clips', 'test_crops', 'split_id', 'split_dir', 'train_list',
-                 'val_list', 'frame_rate')
+VIDEO_OPTIONS = ('num_frames', 'clip_duration', 'num_clips', 'test_clips', 'test_crops', 'split_id', 'split_dir',
+                 'train_list', 'val_list', 'frame_rate')
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -47,7 +47,7 @@ POSITIVE = {'batch_size', 'batch_size_val', 'epochs', 'size', 'width', 'feat_dim
             'save_freq', 'num_frames', 'queue_size', 'proj_hidden', 'pred_hidden', 'proj_dim', 'proj_layers',
             'test_clips', 'test_crops', 'tsne_samples', 'val_freq', 'knn_k', 'recall_k', 'nmb_crops', 'size_crops',
             'aug_times', 'aux_topk', 'bn_splits', 'max_steps', 'nodes', 'world_size', 'num_classes', 'clip_duration',
-            'frame_rate', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
+            'frame_rate', 'num_clips', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
             # temperatures divide similarities: 0 is a division by zero, not a divergence
             'temp', 'moco_t', 'clsa_t', 'temp_m', 'knn_t'}
 FRACTION = {'moco_m', 'initial_momentum', 'coeff', 'momentum', 'crop_min_scale', 'min_scale_crops', 'max_scale_crops'}
@@ -192,27 +192,6 @@ def add_data_options(parser, size=32):
                    help='download cifar10/cifar100/stl10 when missing')
 
 
-def add_video_options(parser, num_frames=8):
-    """The options of video data. Scripts that evaluate a checkpoint pass num_frames=None and take
-    its frames (frames_of_checkpoint)."""
-    g = parser.add_argument_group('video (--dataset video, kinetics, ucf101, hmdb51)')
-    g.add_argument('--num_frames', type=int, default=num_frames,
-                   help='frames per clip, spread uniformly over --clip_duration' +
-                        ('' if num_frames else ' (default: the frames the checkpoint was trained on, else 8)'))
-    g.add_argument('--clip_duration', type=float, default=2.56, help='seconds a clip covers')
-    g.add_argument('--test_clips', type=int, default=10, help='clips per video at test time, spread uniformly')
-    g.add_argument('--test_crops', type=int, default=3, help='spatial crops per test clip')
-    g.add_argument('--split_id', type=int, choices=[1, 2, 3], default=1, help='UCF101 / HMDB51 split')
-    g.add_argument('--split_dir', type=str, default=None,
-                   help='UCF101 (classInd.txt, trainlist0N.txt, testlist0N.txt) or HMDB51 (<class>_test_splitN.txt) '
-                        'split files (default: ucfTrainTestlist/ or testTrainMulti_7030_splits/ in or beside '
-                        '--data_folder, else --data_folder)')
-    g.add_argument('--train_list', type=str, default=None,
-                   help='kinetics: list of training videos (default --data_folder/train.csv or train.txt; '
-                        'without one, the class folders of --data_folder/train)')
-    g.add_argument('--val_list', type=str, default=None, help='kinetics: list of validation videos (likewise val)')
-    g.add_argument('--frame_rate', type=float, default=None,
-                   help='frames per second of frame folders (default 30; ucf101 25)')
 
 
 def add_launcher_options(parser, per_node=False):
@@ -234,6 +213,18 @@ def add_launcher_options(parser, per_node=False):
                    help='epochs already done (0-based, as MoCo); a --resume checkpoint overrides it')
     g.add_argument('--output_dir', type=str, default=None,
                    help='write checkpoints here (tensorboard in its tensorboard/) instead of under --save_root')
+
+
+def add_optimizer_options(parser, default):
+    """--optimizer sgd|lars and LARS's --trust_coefficient (check_optimizer refuses it under SGD)."""
+    parser.add_argument('--optimizer', choices=['lars', 'sgd'], default=default,
+                        help='LARS: trust coefficient --trust_coefficient, no decay or scaling of 1-D parameters')
+    parser.add_argument('--trust_coefficient', type=float, default=1e-3, help='LARS trust coefficient')
+
+
+def check_optimizer(args, given):
+    if args.optimizer != 'lars':
+        refuse(given, ('trust_coefficient',), f"it is LARS's; this run uses --optimizer {args.optimizer}")
 
 
 def add_knn_options(parser, default_freq=None):
@@ -447,15 +438,10 @@ def resolve_bn_splits(args, given, shuffled=True):
                         f'(shuffle-BN on one process); choose a multiple, or --bn_splits 1 to turn it off')
 
 
-def check_model_fits_data(args):
-    """A video trunk reads clips and a 2D one images: --model and --dataset must agree."""
-    video_model, video_data = args.model in VIDEO_MODEL_NAMES, args.dataset in VIDEO_DATASETS
-    if video_data and not video_model:
-        raise UserError(f'--dataset {args.dataset} holds videos but the trunk {args.model} reads images; '
-                        f'use a video trunk ({" or ".join(VIDEO_MODEL_NAMES)})')
-    if video_model and not video_data:
-        raise UserError(f'the trunk {args.model} reads videos but --dataset {args.dataset} holds images; '
-                        f'use a video --dataset ({", ".join(VIDEO_DATASETS)})')
+
+
+
+
 
 
 def check_video_options(args):
@@ -464,14 +450,12 @@ def check_video_options(args):
             raise UserError(f'--{name} must be at least 1, got {getattr(args, name)}')
     if args.clip_duration <= 0:
         raise UserError(f'--clip_duration must be positive, got {args.clip_duration}')
+    if getattr(args, 'num_clips', 2) < 2:
+        raise UserError(f'--num_clips {args.num_clips}: contrasting clips of a video needs at least 2')
     if args.frame_rate is not None and args.frame_rate <= 0:
         raise UserError(f'--frame_rate must be positive, got {args.frame_rate}')
 
 
-def frames_of_checkpoint(args, saved_args):
-    """--num_frames, else the frames the checkpoint (its saved options) was trained on, else 8."""
-    if args.num_frames is None:
-        args.num_frames = saved_args.get('num_frames') or 8
 
 
 def name_run(args, run_name, method_folder, name_width=True):

@@ -1,11 +1,12 @@
 """Views of video clips: the same random crop, flip, colour jitter, blur and solarize on every frame
-of a clip (SCE video pretraining, linear evaluation, fine-tuning), the random temporal difference,
-and the multi-clip, multi-crop test views."""
+of a clip (SCE's and rhoMoCo / rhoSimCLR's video pretraining, linear evaluation, fine-tuning), CLSA's
+strong operations drawn once per clip, the random temporal difference, and the multi-clip,
+multi-crop test views."""
 import torch
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF2
 
-from augment import sample_crop_box
+from augment import CLSA_OPS, StrongAugment, sample_crop_box
 
 # A clip arrives as decoded: uint8 [T, C, H, W]. Each transform below draws its random parameters
 # once per clip (torch's RNG, like everything here) and applies them to all frames at once as
@@ -91,6 +92,10 @@ class ClipView:
         self.blur_kernel = int(0.1 * size) // 2 * 2 + 1
 
     def __call__(self, clip):
+        return _to_view(self.augment(clip), self.mean, self.std)
+
+    def augment(self, clip):
+        """The view before normalisation: float [T, C, size, size] in [0, 1]."""
         box = sample_crop_box(clip.shape[-1], clip.shape[-2], self.scale)
         x = TF2.to_dtype(TF2.resized_crop(clip, *box, [self.size, self.size], antialias=True),
                          torch.float32, scale=True)
@@ -105,7 +110,7 @@ class ClipView:
             x = TF2.solarize(x, 0.5)
         if _coin(0.5):
             x = TF2.horizontal_flip(x)
-        return _to_view(x, self.mean, self.std)
+        return x
 
     def __repr__(self):
         return f'{self.__class__.__name__}(size={self.size}, blur_p={self.blur_p}, solarize_p={self.solarize_p})'
@@ -114,6 +119,46 @@ class ClipView:
 def clip_views(size, mean, std):
     """SCE's two asymmetric clip views (one per sampled clip): blur p 1.0; blur p 0.1 + solarize p 0.2."""
     return [ClipView(size, mean, std, blur_p=1.0), ClipView(size, mean, std, blur_p=0.1, solarize_p=0.2)]
+
+
+def rho_clip_view(size, mean, std):
+    """The view of every clip of rhoMoCo / rhoSimCLR (PySlowFast's contrastive_ssl configs, MoCo v2's
+    augmentation on clips): random resized crop of 20-76.6 % of the area, colour jitter (0.6, 0.6, 0.6,
+    0.15) with p 0.8, grayscale p 0.2, Gaussian blur (sigma 0.1-2) p 0.5, flip. main_supcon,
+    main_moco and main_clsa draw it once per clip."""
+    return ClipView(size, mean, std, jitter=(0.6, 0.6, 0.6, 0.15), blur_p=0.5)
+
+
+class StrongClipView:
+    """CLSA's strong view of a clip: `view`'s augmentation, then CLSA's strong operations
+    (augment.StrongAugment: `aug_times` operations and magnitudes) drawn once for the clip and
+    applied to each of its frames, so the clip stays one consistent video."""
+
+    def __init__(self, view, aug_times):
+        self.view, self.strong = view, StrongAugment(aug_times)
+
+    def __call__(self, clip):
+        x = (self.view.augment(clip) * 255).round().to(torch.uint8)  # PIL's operations take 8-bit images
+        ops = self.strong.sample()
+        frames = []
+        for frame in x:
+            img = TF2.to_pil_image(frame)
+            for name, v in ops:
+                img = CLSA_OPS[name](img, v)
+            frames.append(TF2.pil_to_tensor(img))
+        return _to_view(torch.stack(frames), self.view.mean, self.view.std)
+
+
+class WeakStrongClip:
+    """CLSA on videos: one clip's weak and strong view, independent crops of the same clip (as an
+    image's weak and strong crops are of the same image); returns (weak, strong)."""
+
+    def __init__(self, size, mean, std, aug_times):
+        self.weak = rho_clip_view(size, mean, std)
+        self.strong = StrongClipView(rho_clip_view(size, mean, std), aug_times)
+
+    def __call__(self, clip):
+        return self.weak(clip), self.strong(clip)
 
 
 class ClipScaleCropFlip:

@@ -93,3 +93,32 @@ def test_coco_runs_keep_the_released_batchnorm_groups(script, monkeypatch):
     for env in ({'NGPU': '2'}, {'SLURM_JOB_ID': '42', 'SRUN': '1', 'SLURM_NTASKS': '2'}):
         pretrain = commands(path, **env)[0]
         assert '--bn_splits' not in pretrain and '--batch-size' in pretrain, pretrain
+
+
+@pytest.mark.parametrize('rho', ['2', '4'])
+def test_rho_moco_recipe_keeps_the_pyslowfast_settings(rho, monkeypatch):
+    """MoCo_SlowR50_8x8.yaml: rho clips of 8 frames x 8 (2.13 s at 30 fps), batch 64, lr 0.1, T 0.1,
+    momentum 0.994 annealed, queue 65536; one process splits BatchNorm as the 8 GPUs do, 8 shuffle."""
+    monkeypatch.chdir(REPO)
+    path = os.path.join(REPO, 'scripts', 'rho_moco_k400_r3d50.sh')
+    pretrain = commands(path, RHO=rho)[0]
+    args = parse(pretrain[1:], monkeypatch)
+    assert (args.model, args.dataset, args.num_clips, args.num_frames, args.clip_duration, args.size) == \
+        ('r3d50', 'kinetics', int(rho), 8, 2.13, 224)
+    assert (args.batch_size, args.learning_rate, args.weight_decay, args.epochs, args.cosine) == (64, 0.1, 1e-4, 200, True)
+    assert (args.moco_t, args.moco_m, args.moco_m_cos, args.moco_k, args.moco_dim, args.mlp) == \
+        (0.1, 0.994, True, 65536, 128, True)
+    assert args.bn_splits == 8 and args.save_folder.endswith(f'rho{rho}_moco_k400_r3d50')
+    assert '--bn_splits' not in commands(path, RHO=rho, NGPU='8')[0]
+
+
+def test_rho_simclr_recipe_keeps_the_pyslowfast_settings(monkeypatch):
+    """SimCLR_SlowR50_8x8.yaml: 2 clips, batch 64, LARS lr 1.2, weight decay 1e-6, T 0.1, sync-BN."""
+    monkeypatch.chdir(REPO)
+    pretrain = commands(os.path.join(REPO, 'scripts', 'rho_simclr_k400_r3d50.sh'))[0]
+    args = parse(pretrain[1:], monkeypatch)
+    assert (args.method, args.model, args.num_clips, args.num_frames, args.clip_duration) == \
+        ('SimCLR', 'r3d50', 2, 8, 2.13)
+    assert (args.batch_size, args.learning_rate, args.optimizer, args.weight_decay, args.temp, args.feat_dim) == \
+        (64, 1.2, 'lars', 1e-6, 0.1, 128)
+    assert args.cosine and args.syncBN and args.epochs == 200

@@ -18,7 +18,7 @@ from datasets import SeededDataset
 from networks.resnet3d import BasicBlock3d, Bottleneck3d, ResNet3d, build_video_trunk
 from networks.resnet_big import build_trunk
 from util import UserError
-from options import add_video_options
+from video_options import add_video_options
 from video_datasets import (VideoClips, difference_pairs, folder_samples, read_video_list,
                             spread, video_dataset, video_samples)
 
