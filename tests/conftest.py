@@ -1,5 +1,6 @@
 """Shared helpers: run a script in a subprocess inside a temporary folder (so ./save lands there),
-tiny ImageFolder data sets of random PNGs, and a small pretrained checkpoint shared by the tests."""
+tiny ImageFolder data sets of random PNGs, tiny videos, and a small pretrained checkpoint shared
+by the tests."""
 import os
 import re
 import subprocess
@@ -135,3 +136,15 @@ def tiny_ckpt(tmp_path_factory, shared_data):
     check_ok(run_script('main_supcon.py', '--dataset', 'path', '--data_folder', shared_data[0],
                         '--batch_size', '8', '--epochs', '1', '--knn_freq', '0', *SMALL, cwd=cwd))
     return only_file(cwd / 'save')
+
+
+@pytest.fixture(scope='module')
+def videos(tmp_path_factory):
+    """train/ (2 classes x 3 videos) and test/ (2 x 2) of 2-s, 40x32 mp4s; (root, train, test)."""
+    from test_video import make_video
+    root = tmp_path_factory.mktemp('videos')
+    for split, n in (('train', 3), ('test', 2)):
+        for c in range(2):
+            for i in range(n):
+                make_video(root / split / f'class{c}' / f'v{i}.mp4', frames=20, fps=10, size=(40, 32))
+    return root, str(root / 'train'), str(root / 'test')

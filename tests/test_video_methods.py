@@ -32,17 +32,6 @@ METHODS = {
 STEPS = {'SimCLR': 2, 'MoCo': 6, 'CLSA': 6}
 
 
-@pytest.fixture(scope='module')
-def videos(tmp_path_factory):
-    """train/ (2 classes x 3 videos) and test/ (2 x 2) of 2-s, 40x32 mp4s; (root, train, test)."""
-    root = tmp_path_factory.mktemp('videos')
-    for split, n in (('train', 3), ('test', 2)):
-        for c in range(2):
-            for i in range(n):
-                make_video(root / split / f'class{c}' / f'v{i}.mp4', frames=20, fps=10, size=(40, 32))
-    return root, str(root / 'train'), str(root / 'test')
-
-
 def data(videos):
     return ['--dataset', 'video', '--data_folder', videos[1], '--test_folder', videos[2]]
 

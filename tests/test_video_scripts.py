@@ -22,7 +22,7 @@ import video_augment
 from conftest import assert_user_error, check_ok, load, run_script
 from evaluation import evaluate, recall_at_k, view_features
 from networks.resnet_big import LinearClassifier, build_trunk
-from test_video import make_video, still_clip
+from test_video import still_clip
 
 MEAN, STD = (0.45,) * 3, (0.225,) * 3
 TINY = ['--width', '4', '--size', '32', '--num_frames', '2', '--num_workers', '0', '--print_freq', '1000',
@@ -102,17 +102,6 @@ def test_finetuning_colour_jitter_is_the_same_on_every_frame():
 
 
 # ----------------------------------------------------------------------------- the scripts
-
-@pytest.fixture(scope='module')
-def videos(tmp_path_factory):
-    """train/ (2 classes x 3 videos) and test/ (2 x 2) of 2-s, 40x32 mp4s; (root, train, test)."""
-    root = tmp_path_factory.mktemp('videos')
-    for split, n in (('train', 3), ('test', 2)):
-        for c in range(2):
-            for i in range(n):
-                make_video(root / split / f'class{c}' / f'v{i}.mp4', frames=20, fps=10, size=(40, 32))
-    return root, str(root / 'train'), str(root / 'test')
-
 
 @pytest.fixture(scope='module')
 def pretrained(videos):
