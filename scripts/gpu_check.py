@@ -43,6 +43,9 @@ SCRIPTS = {
                                          '--constrained_cropping', '--auto_augment', '0', '2', '3']),
     'sce': ('main_sce.py', ['--queue_size', '256']),
     'sce_video': ('main_sce.py', ['--queue_size', '16', '--num_frames', '2', '--batch_size', '2']),  # + --dataset video
+    'simclr_video': ('main_supcon.py', ['--method', 'SimCLR', '--num_frames', '2', '--batch_size', '2']),  # rho clips
+    'moco_video': ('main_moco.py', ['--mlp', '--moco_k', '16', '--num_frames', '2', '--batch_size', '2',
+                                    '--bn_splits', '1']),
     'clsa': ('main_clsa.py', ['--moco_k', '256']),
 }
 
@@ -56,6 +59,8 @@ DEVICE_VIEWS = {
     'clsa': ['--gpu_aug'],
     'sce': ['--gpu_aug'],
     'sce_video': ['--gpu_aug'],
+    'simclr_video': ['--gpu_aug'],
+    'moco_video': ['--gpu_aug'],
 }
 
 PRECISIONS = {'cuda': ['none', 'bf16', 'fp16'], 'cpu': ['none', 'bf16']}
@@ -115,7 +120,7 @@ def argv_of(o, row, amp, tmp, extra=()):
     script, options = SCRIPTS[row]
     argv = ['--save_root', tmp, '--batch_size', str(o.batch_size), '--num_workers', '0', '--print_freq', '1000000',
             '--seed', '0', '--epochs', '100', '--amp', amp]
-    if row == 'sce_video':
+    if row.endswith('_video'):
         argv += ['--dataset', 'video', '--data_folder', o.videos, '--model', 'r3d18', '--size', '32']
         argv += ['--width', '4'] if o.cpu else []
     elif row == 'supcon_jpeg_folder':
@@ -177,7 +182,7 @@ def main():
     o = parse_option()
     tmp = tempfile.mkdtemp(prefix='gpu_check_')
     print(f'device: {benchmark.device_name()}; torch {torch.__version__}', flush=True)
-    o.videos = make_videos(os.path.join(tmp, 'videos')) if 'sce_video' in o.rows else None
+    o.videos = make_videos(os.path.join(tmp, 'videos')) if any(r.endswith('_video') for r in o.rows) else None
     o.jpegs = make_jpegs(os.path.join(tmp, 'jpegs'), 2 * o.batch_size) if 'supcon_jpeg_folder' in o.rows else None
     lines, ok = [], True
     if 'linear' in o.rows:

@@ -7,7 +7,7 @@ import sys
 from conftest import REPO
 
 ROWS = ['supcon', 'supcon_jpeg_folder', 'simclr', 'ce', 'linear', 'moco_multicrop_knn', 'moco_revisiting', 'sce',
-        'sce_video', 'clsa']
+        'sce_video', 'simclr_video', 'moco_video', 'clsa']
 
 
 def test_gpu_check_cpu_mode_runs_every_script(tmp_path):
