@@ -63,9 +63,9 @@ def parse_option():
         args.pretrained_ckpt = checkpoints.load_checkpoint(args.pretrained, '--pretrained')
         checkpoints.take_trunk_options(args, args.pretrained_ckpt, f'--pretrained {args.pretrained}', given)
     video_options.frames_of_checkpoint(args, args.pretrained_ckpt['args'] if args.pretrained else {})
-    options.finish_options(args, given)
     if args.warmup_epochs is None:
         args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
+    options.finish_options(args, given)
     video_options.check_model_fits_data(args)
     name = (f'SupCE_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_trial_{args.trial}')

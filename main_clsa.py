@@ -143,11 +143,11 @@ def set_model(args):
 
 def lr_at(args, epoch, step, steps):
     """CLSA's per-epoch schedule: a half cosine from lr to 0, the first epoch at full lr; --warm:
-    per step from 0.01 to where the cosine stands after the 10 warm-up epochs."""
+    per step from --warmup_from to where the cosine stands after the --warm_epochs."""
     def epoch_lr(e):
         return optim.cosine(args.learning_rate, (e - 1) / args.epochs)
-    if args.warm and epoch <= optim.WARM_EPOCHS:
-        return optim.warm_up(epoch_lr(optim.WARM_EPOCHS + 1), epoch, step, steps)
+    if args.warm and epoch <= args.warm_epochs:
+        return optim.warm_up(epoch_lr(args.warm_epochs + 1), epoch, step, steps, args)
     return epoch_lr(epoch)
 
 

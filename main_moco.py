@@ -189,14 +189,14 @@ def set_model(args):
 
 def lr_at(args, epoch, step, steps):
     """MoCo's per-epoch schedule: a half cosine from lr to 0 (--cos; the first epoch at full lr), or
-    x0.1 after each of --lr_decay_epochs (--schedule); --warm: per step from 0.01 to where it stands
-    after the 10 warm-up epochs."""
+    x0.1 after each of --lr_decay_epochs (--schedule); --warm: per step from --warmup_from to where
+    it stands after the --warm_epochs."""
     def epoch_lr(e):
         if args.cosine:
             return optim.cosine(args.learning_rate, (e - 1) / args.epochs)
         return optim.step_decay(args.learning_rate, e, args.lr_decay_epochs, args.lr_decay_rate)
-    if args.warm and epoch <= optim.WARM_EPOCHS:
-        return optim.warm_up(epoch_lr(optim.WARM_EPOCHS + 1), epoch, step, steps)
+    if args.warm and epoch <= args.warm_epochs:
+        return optim.warm_up(epoch_lr(args.warm_epochs + 1), epoch, step, steps, args)
     return epoch_lr(epoch)
 
 

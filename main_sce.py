@@ -131,7 +131,8 @@ def parse_option():
                                            if known.dataset in VIDEO_DATASETS else 'imagenet')),
         **RECIPES[recipe]))
 
-    options.refuse(given, ('warm',), 'main_sce.py warms up for --warmup_epochs (a recipe default); set that instead')
+    options.refuse(given, ('warm', 'warm_epochs', 'warmup_from'),
+                   'main_sce.py warms up from 0 for --warmup_epochs (a recipe default); set that instead')
     options.refuse(given, ('lr_decay_epochs', 'lr_decay_rate', 'cosine'),
                    "SCE's schedule is always a warm-up then a cosine to 0; drop it")
     args.cosine = True  # always (and in the run name, as SupContrast's cosine runs)

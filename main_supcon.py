@@ -52,11 +52,11 @@ def parse_option():
 
     options.check_schedule(args, given)
     options.check_optimizer(args, given)
+    args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
     options.finish_options(args, given)
     video_options.check_video_pretraining(args, given, ('momentum_encoder',),
                                     "the momentum encoder is SupContrast's ImageNet model; a video run contrasts "
                                     'the --num_clips clips of the batch; drop it')
-    args.warm |= args.batch_size > 256  # large batches warm up, as SupContrast does
     name = (f'{args.method}_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}') + video_options.video_run_name(args)
     if args.optimizer == 'lars':

@@ -33,23 +33,21 @@ def warmup_cosine(base, step, warmup_steps, total_steps):
 
 def supcontrast_lr(args, epoch, step, steps):
     """SupContrast's schedule: per epoch a cosine from lr (epoch 0) to lr * rate^3 (the last epoch),
-    or x rate after each of --lr_decay_epochs; --warm: the first 10 epochs rise per step from 0.01
-    to where the schedule stands at epoch 10."""
+    or x rate after each of --lr_decay_epochs; --warm: the first --warm_epochs (10) rise per step
+    from --warmup_from (0.01) to where the schedule stands at their end."""
     def epoch_lr(e):
         if args.cosine:
             return cosine(args.learning_rate, e / args.epochs, args.learning_rate * args.lr_decay_rate ** 3)
         return step_decay(args.learning_rate, e, args.lr_decay_epochs, args.lr_decay_rate)
-    if args.warm and epoch <= WARM_EPOCHS:
-        return warm_up(epoch_lr(WARM_EPOCHS) if args.cosine else args.learning_rate, epoch, step, steps)
+    if args.warm and epoch <= args.warm_epochs:
+        return warm_up(epoch_lr(args.warm_epochs) if args.cosine else args.learning_rate, epoch, step, steps, args)
     return epoch_lr(epoch)
 
 
-WARM_FROM, WARM_EPOCHS = 0.01, 10  # SupContrast's --warm
-
-
-def warm_up(target, epoch, step, steps):
-    """SupContrast's --warm: per step, linear from 0.01 (the first step) towards target over 10 epochs."""
-    return linear(WARM_FROM, target, (step + (epoch - 1) * steps) / (WARM_EPOCHS * steps))
+def warm_up(target, epoch, step, steps, args):
+    """SupContrast's --warm: per step, linear from --warmup_from (the first step) towards target
+    over --warm_epochs."""
+    return linear(args.warmup_from, target, (step + (epoch - 1) * steps) / (args.warm_epochs * steps))
 
 
 def set_lr(optimizer, lr):

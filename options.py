@@ -165,7 +165,10 @@ def add_common_options(parser, *, batch_size, learning_rate, lr_decay_epochs, lr
     g.add_argument('--weight_decay', '--wd', type=float, default=weight_decay)
     g.add_argument('--momentum', type=float, default=0.9, help='SGD (LARS) momentum')
     g.add_argument('--cosine', '--cos', action='store_true', help='cosine schedule (see this script\'s lr_at)')
-    g.add_argument('--warm', action='store_true', help='linear warm-up from 0.01 over 10 epochs, per step')
+    g.add_argument('--warm', action='store_true',
+                   help='per step, a linear warm-up from --warmup_from over --warm_epochs to where the schedule stands')
+    g.add_argument('--warm_epochs', type=int, default=10, help='--warm: its epochs (SupContrast: 10)')
+    g.add_argument('--warmup_from', type=float, default=0.01, help='--warm: the first step\'s rate (SupContrast: 0.01)')
 
     add_data_options(parser, size=size)
 
@@ -315,7 +318,7 @@ def check_classifier_options(args, given):
     if args.warmup_epochs is not None:
         if args.warmup_epochs < 0:
             raise UserError(f'--warmup_epochs must be at least 0, got {args.warmup_epochs}')
-        refuse(given, ('warm', 'lr_decay_epochs', 'cosine', 'lr_decay_rate'),
+        refuse(given, ('warm', 'warm_epochs', 'warmup_from', 'lr_decay_epochs', 'cosine', 'lr_decay_rate'),
                '--warmup_epochs sets a per-step warm-up then cosine to 0 schedule; drop it')
 
 
@@ -373,6 +376,11 @@ def finish_options(args, given):
             refuse(given, knn_only, 'the kNN monitor is off (--knn_freq 0)')
     if args.batch_size_val is None:
         args.batch_size_val = args.batch_size
+    if 'warm' in vars(args):
+        if not args.warm:
+            refuse(given, ('warm_epochs', 'warmup_from'), 'it shapes the warm-up: add --warm')
+        if args.warm_epochs < 1:
+            raise UserError(f'--warm_epochs must be at least 1, got {args.warm_epochs}')
     if args.dataset in VIDEO_DATASETS:
         check_video_options(args)
     return args
@@ -469,6 +477,8 @@ def name_run(args, run_name, method_folder, name_width=True):
         run_name += '_cosine'
     if args.warm:
         run_name += '_warm'
+        if (args.warm_epochs, args.warmup_from) != (10, 0.01):  # SupContrast's warm-up keeps its name
+            run_name += f'_{args.warm_epochs}_from_{args.warmup_from}'
     if name_width and args.width != 64:
         run_name += f'_width_{args.width}'
     if name_width and args.stem != default_stem(args.size):

@@ -37,7 +37,7 @@ def lr_of(opt):
 
 def supcontrast(epoch, step=0, steps=10, **kw):
     args = argparse.Namespace(**{**dict(learning_rate=0.5, lr_decay_rate=0.1, cosine=True, epochs=300,
-                                        lr_decay_epochs=[], warm=False), **kw})
+                                        lr_decay_epochs=[], warm=False, warm_epochs=10, warmup_from=0.01), **kw})
     return optim.supcontrast_lr(args, epoch, step, steps)
 
 
@@ -67,6 +67,28 @@ def test_warmup_per_step_linear_from_0_01():
     # with the cosine, the warm-up ends where the cosine stands at epoch 10
     target = supcontrast(10, warm=False)
     assert supcontrast(10, 9, warm=True) == pytest.approx(0.01 + 0.99 * (target - 0.01))
+
+
+def test_a_longer_warm_up_from_a_lower_rate():
+    # PySlowFast's contrastive configs: 35 epochs from 0.001
+    long = dict(learning_rate=0.1, cosine=False, warm=True, warm_epochs=35, warmup_from=0.001, lr_decay_epochs=[300])
+    assert supcontrast(1, 0, **long) == pytest.approx(0.001)
+    assert supcontrast(18, 5, **long) == pytest.approx(0.001 + (175 / 350) * 0.099)  # 175 of 350 steps
+    assert supcontrast(35, 9, **long) == pytest.approx(0.001 + (349 / 350) * 0.099)
+    assert supcontrast(36, 0, **long) == 0.1
+
+
+def test_warm_up_options(monkeypatch):
+    args = parse('main_moco', ['--warm', '--warm_epochs', '35', '--warmup_from', '0.001', '--cos'], monkeypatch)
+    assert args.run_name.endswith('_cosine_warm_35_from_0.001')
+    import main_moco
+    assert main_moco.lr_at(args, 1, 0, 10) == pytest.approx(0.001)
+    assert main_moco.lr_at(args, 35, 9, 10) == pytest.approx(0.001 + 349 / 350 * (optim.cosine(0.03, 35 / 200) - 0.001))
+    for script, argv, needle in [('main_supcon', ['--warm_epochs', '35'], '--warm_epochs: it shapes the warm-up'),
+                                 ('main_moco', ['--warm', '--warm_epochs', '0'], 'at least 1'),
+                                 ('main_sce', ['--warmup_from', '0.1'], 'for --warmup_epochs')]:
+        with pytest.raises(util.UserError, match=needle):
+            parse(script, argv, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- options, run names
