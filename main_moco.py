@@ -60,6 +60,8 @@ def parse_option():
                         '(MoCo v3\'s spelling; PySlowFast\'s MOMENTUM_ANNEALING)')
     g.add_argument('--moco_t', '--moco-t', type=float, default=0.07, help='softmax temperature')
     g.add_argument('--mlp', action='store_true', help='MoCo v2 head: 2-layer MLP instead of a linear layer')
+    g.add_argument('--mlp_layers', type=int, default=2,
+                   help='--mlp: its Linear layers, hidden ones of the trunk\'s width (PySlowFast: 3)')
     g.add_argument('--aug_plus', '--aug-plus', action='store_true', help='MoCo v2 augmentation (blur, SimCLR jitter)')
     g.add_argument('--bn_splits', type=int, default=8,
                    help='one process: BatchNorm statistics over this many sub-batches, keys shuffled between '
@@ -112,7 +114,9 @@ def parse_option():
     name = (f'MoCo_{args.dataset}_{args.model}_lr_{args.learning_rate}_decay_{args.weight_decay}'
             f'_bsz_{args.batch_size}_t_{args.moco_t}_m_{args.moco_m}_k_{args.moco_k}_trial_{args.trial}')
     if args.mlp:
-        name += '_mlp'
+        name += '_mlp' + (f'{args.mlp_layers}' if args.mlp_layers != 2 else '')
+    else:
+        options.refuse(given, ('mlp_layers',), 'it shapes the --mlp head; add --mlp')
     if args.aug_plus:
         name += '_augplus'
     if args.multi_crop:
@@ -173,7 +177,7 @@ def set_model(args):
     """The online encoder (trunk + head), its momentum copy, the queue (and the kNN loss's queue of
     trunk features)."""
     trunk = build_trunk(args.model, stem=args.stem, width=args.width)
-    head = (mlp_head(trunk.feat_dim, trunk.feat_dim, args.moco_dim) if args.mlp
+    head = (mlp_head(trunk.feat_dim, trunk.feat_dim, args.moco_dim, num_layers=args.mlp_layers) if args.mlp
             else nn.Linear(trunk.feat_dim, args.moco_dim))
     model = EncoderWithHead(trunk, head)
     if args.bn_splits > 1:

@@ -37,6 +37,8 @@ def parse_option():
     parser.add_argument('--method', type=str, default='SupCon', choices=['SupCon', 'SimCLR'])
     parser.add_argument('--temp', type=float, default=0.07, help='temperature of the loss')
     parser.add_argument('--head', type=str, default='mlp', choices=['mlp', 'linear'])
+    parser.add_argument('--mlp_layers', type=int, default=2,
+                        help='Linear layers of the mlp head, hidden ones of the trunk\'s width (PySlowFast: 3)')
     parser.add_argument('--feat_dim', type=int, default=128, help='output size of the projection head')
     options.add_optimizer_options(parser, default='sgd')
     g = parser.add_argument_group('momentum encoder (SupContrast\'s ImageNet model; MoCo\'s spellings and defaults, '
@@ -61,6 +63,10 @@ def parse_option():
             f'_bsz_{args.batch_size}_temp_{args.temp}_trial_{args.trial}') + video_options.video_run_name(args)
     if args.optimizer == 'lars':
         name += '_lars'
+    if args.head == 'linear':
+        options.refuse(given, ('mlp_layers',), 'it shapes the mlp head; this run has --head linear')
+    elif args.mlp_layers != 2:
+        name += f'_mlp{args.mlp_layers}'
     if args.momentum_encoder:
         # each step enqueues both views' keys of the global batch: the queue holds whole steps
         if args.moco_k % (2 * args.batch_size):
@@ -96,7 +102,8 @@ def set_loader(args):
 
 def set_model(args):
     """The model, its loss and, with --momentum_encoder, the key side (momentum encoder and queue; else None)."""
-    model = SupConResNet(args.model, head=args.head, feat_dim=args.feat_dim, stem=args.stem, width=args.width)
+    model = SupConResNet(args.model, head=args.head, feat_dim=args.feat_dim, stem=args.stem, width=args.width,
+                         mlp_layers=args.mlp_layers)
     if not args.momentum_encoder:
         return distributed.distribute(model, args), SupConLoss(temperature=args.temp), None
     encoder = distributed.momentum_copy(model, args)

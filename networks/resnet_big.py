@@ -7,6 +7,7 @@ Every wrapper keeps its trunk under `encoder`, so checkpoints store it under the
 import torch.nn as nn
 import torch.nn.functional as F
 
+from networks.heads import mlp_head
 from networks.resnet3d import VIDEO_MODEL_NAMES, build_video_trunk
 
 
@@ -138,15 +139,14 @@ def default_stem(size):
 class SupConResNet(nn.Module):
     """Trunk + projection head; outputs L2-normalised embeddings for the contrastive loss."""
 
-    def __init__(self, name='resnet50', head='mlp', feat_dim=128, stem='cifar', width=64):
+    def __init__(self, name='resnet50', head='mlp', feat_dim=128, stem='cifar', width=64, mlp_layers=2):
         super().__init__()
         self.encoder = build_trunk(name, stem=stem, width=width)
         dim_in = self.encoder.feat_dim
         if head == 'linear':
             self.head = nn.Linear(dim_in, feat_dim)
-        elif head == 'mlp':
-            self.head = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True),
-                                      nn.Linear(dim_in, feat_dim))
+        elif head == 'mlp':  # SupContrast's: Linear(dim, dim) -> ReLU -> Linear(dim, feat_dim)
+            self.head = mlp_head(dim_in, dim_in, feat_dim, num_layers=mlp_layers)
         else:
             raise ValueError(f"unknown head {head!r}; expected 'linear' or 'mlp'")
 

@@ -78,6 +78,18 @@ def test_a_longer_warm_up_from_a_lower_rate():
     assert supcontrast(36, 0, **long) == 0.1
 
 
+def test_a_deeper_mlp_head(monkeypatch):
+    args = parse('main_moco', ['--mlp', '--mlp_layers', '3', '--moco_k', '256'], monkeypatch)
+    assert '_mlp3_' in args.run_name + '_'
+    import main_moco
+    model = main_moco.set_model(argparse.Namespace(**{**vars(args), 'model': 'resnet18', 'width': 8, 'device': 'cpu',
+                                                      'world_size': 1, 'syncBN': False, 'rank': 0}))[0]
+    assert [tuple(m.weight.shape) for m in model.head if isinstance(m, torch.nn.Linear)] == [(64, 64), (64, 64), (128, 64)]
+    supcon = SupConResNet('resnet18', width=8, mlp_layers=3)
+    assert [tuple(m.weight.shape) for m in supcon.head if isinstance(m, torch.nn.Linear)] == [(64, 64), (64, 64), (128, 64)]
+    assert list(SupConResNet('resnet18', width=8).head.state_dict()) == ['0.weight', '0.bias', '2.weight', '2.bias']
+
+
 def test_warm_up_options(monkeypatch):
     args = parse('main_moco', ['--warm', '--warm_epochs', '35', '--warmup_from', '0.001', '--cos'], monkeypatch)
     assert args.run_name.endswith('_cosine_warm_35_from_0.001')
@@ -85,7 +97,9 @@ def test_warm_up_options(monkeypatch):
     assert main_moco.lr_at(args, 1, 0, 10) == pytest.approx(0.001)
     assert main_moco.lr_at(args, 35, 9, 10) == pytest.approx(0.001 + 349 / 350 * (optim.cosine(0.03, 35 / 200) - 0.001))
     for script, argv, needle in [('main_supcon', ['--warm_epochs', '35'], '--warm_epochs: it shapes the warm-up'),
-                                 ('main_moco', ['--warm', '--warm_epochs', '0'], 'at least 1'),
+                                 ('main_moco', ['--warm', '--warm_epochs', '0'], 'must be > 0'),
+                                 ('main_moco', ['--mlp_layers', '3'], '--mlp_layers: it shapes the --mlp head'),
+                                 ('main_supcon', ['--head', 'linear', '--mlp_layers', '3'], 'this run has --head linear'),
                                  ('main_sce', ['--warmup_from', '0.1'], 'for --warmup_epochs')]:
         with pytest.raises(util.UserError, match=needle):
             parse(script, argv, monkeypatch)
