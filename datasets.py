@@ -31,6 +31,9 @@ MEAN_STD = {
     **{d: ((0.45,) * 3, (0.225,) * 3) for d in ('video', 'kinetics', 'ucf101', 'hmdb51')},
 }
 
+# Held in memory as uint8 pixels: --gpu_aug keeps them on the device (the other datasets are files).
+IN_MEMORY = ('cifar10', 'cifar100', 'stl10', 'digits')
+
 
 def mean_std(args):
     """--mean/--std when given, else the dataset's statistics (ImageNet's for a custom folder)."""

@@ -143,7 +143,7 @@ def set_loader(args):
         device_views = [gpu_views.rho_clip_device_view(args.size, mean, std)] * args.num_clips
         return (datasets.train_loader(train_set, args, drop_last=True, device_views=device_views),
                 datasets.knn_loaders(args))
-    in_memory = args.dataset in ('cifar10', 'cifar100', 'stl10', 'digits')
+    in_memory = args.dataset in datasets.IN_MEMORY
     if options.gpu_aug_on(args, (args.aug_plus or args.multi_crop) and (in_memory or not args.constrained_cropping)):
         return device_loader(args, mean, std), datasets.knn_loaders(args)
     if args.multi_crop:
@@ -163,9 +163,9 @@ def device_loader(args, mean, std):
     """--gpu_aug: MoCo v2's views (two crops, or the multi-crop groups) drawn on the device."""
     if not args.aug_plus and not args.multi_crop:
         raise util.UserError('--gpu_aug serves MoCo v2\'s augmentation: add --aug_plus (or drop --gpu_aug for v1\'s)')
-    if args.constrained_cropping and args.dataset not in ('cifar10', 'cifar100', 'stl10', 'digits'):
-        raise util.UserError('--gpu_aug draws constrained crops of in-memory datasets only (cifar10, cifar100, '
-                             'stl10, digits): drop --gpu_aug or --constrained_cropping')
+    if args.constrained_cropping and args.dataset not in datasets.IN_MEMORY:
+        raise util.UserError(f'--gpu_aug draws constrained crops of in-memory datasets only '
+                             f'({", ".join(datasets.IN_MEMORY)}): drop --gpu_aug or --constrained_cropping')
     views = gpu_strong.multi_crop_device_views(args.nmb_crops, args.size_crops, args.min_scale_crops,
                                                args.max_scale_crops, mean, std, args.constrained_cropping,
                                                args.auto_augment)

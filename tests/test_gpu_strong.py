@@ -250,10 +250,11 @@ def test_moco_constrained_multi_crop_with_autoaugment_on_the_device(tmp_path):
     assert 'timing: 1 steps after 2 warm-up' in proc.stdout
 
 
-def test_clsa_gpu_aug_on_digits_resumes_exactly(tmp_path):
+def test_clsa_gpu_aug_on_an_image_folder_resumes_exactly(shared_data, tmp_path):
     """CLSA's weak and strong views drawn on the device from the (seed, epoch) generator: a run
     resumed after epoch 1 ends with the weights, momentum encoder and queue of the unbroken run."""
-    flags = ['main_clsa.py', '--dataset', 'digits', '--batch_size', '256', '--moco_k', '512', '--nmb_crops', '1',
+    flags = ['main_clsa.py', '--dataset', 'path', '--data_folder', shared_data[0], '--batch_size', '8',
+             '--moco_k', '16', '--bn_splits', '2', '--nmb_crops', '1',
              '1', '--size_crops', '32', '16', '--min_scale_crops', '0.2', '0.086', '--max_scale_crops', '1.0',
              '0.429', '--epochs', '3', '--save_freq', '1', '--knn_freq', '0', '--gpu_aug', *SMALL]
     full = check_ok(run_script(*flags, cwd=tmp_path))
