@@ -47,7 +47,8 @@ POSITIVE = {'batch_size', 'batch_size_val', 'epochs', 'size', 'width', 'feat_dim
             'save_freq', 'num_frames', 'queue_size', 'proj_hidden', 'pred_hidden', 'proj_dim', 'proj_layers',
             'test_clips', 'test_crops', 'tsne_samples', 'val_freq', 'knn_k', 'recall_k', 'nmb_crops', 'size_crops',
             'aug_times', 'aux_topk', 'bn_splits', 'max_steps', 'nodes', 'world_size', 'num_classes', 'clip_duration',
-            'frame_rate', 'num_clips', 'mlp_layers', 'warm_epochs', 'trust_coefficient', 'cost', 'positive_weight', 'split_id', 'lr_decay_rate',
+            'frame_rate', 'num_clips', 'mlp_layers', 'warm_epochs', 'trust_coefficient', 'cost', 'positive_weight',
+            'split_id', 'lr_decay_rate',
             # temperatures divide similarities: 0 is a division by zero, not a divergence
             'temp', 'moco_t', 'clsa_t', 'temp_m', 'knn_t'}
 FRACTION = {'moco_m', 'initial_momentum', 'coeff', 'momentum', 'crop_min_scale', 'min_scale_crops', 'max_scale_crops'}
