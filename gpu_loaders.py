@@ -9,9 +9,11 @@ own size. The draws come from one generator per epoch and rank, as gpu_augment.D
 """
 import os
 
+import numpy as np
 import torch
 import torchvision
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 import gpu_views
 from util import UserError
@@ -41,9 +43,14 @@ class DecodedFolder(torch.utils.data.Dataset):
         i = i[0] if isinstance(i, tuple) else i  # datasets.SeededSampler's (index, seed): no draws here
         path, label = self.samples[i]
         try:
-            data = read_file(path)
-            return (decode_image(data, mode=ImageReadMode.RGB) if self.decode else data), label
-        except RuntimeError as e:
+            if not self.decode:
+                return read_file(path), label
+            # PIL, as the CPU pipelines decode: the same pixels, 1.7x faster here than torchvision's
+            # decoder, and channels-last (a [3, H, W] view of PIL's [H, W, 3]): torch's fast uint8 resize
+            with Image.open(path) as img:
+                pixels = np.array(img.convert('RGB'))
+            return torch.from_numpy(pixels).permute(2, 0, 1), label
+        except (OSError, RuntimeError) as e:
             raise UserError(f'cannot read image {path} ({str(e).splitlines()[0]}): remove or replace it') from None
 
 
@@ -109,12 +116,16 @@ def folder_batches(samples, classes, views, sampler, batch_size, drop_last, devi
 
 
 def pad(items):
-    """A list of uint8 [..., h_i, w_i] -> (uint8 [n, ..., H, W] zero-padded, heights, widths)."""
+    """A list of uint8 [..., h_i, w_i] -> (uint8 [n, ..., H, W] zero-padded, heights, widths); images
+    [3, h, w] held channels-last (DecodedFolder's) stay channels-last."""
     heights = torch.tensor([float(x.shape[-2]) for x in items], device=items[0].device)
     widths = torch.tensor([float(x.shape[-1]) for x in items], device=items[0].device)
-    if len(set(x.shape for x in items)) == 1:
-        return torch.stack(items), heights, widths
-    out = items[0].new_zeros(len(items), *items[0].shape[:-2], int(heights.max()), int(widths.max()))
+    first, shape = items[0], (len(items), *items[0].shape[:-2], int(heights.max()), int(widths.max()))
+    new = first.new_empty if len(set(x.shape for x in items)) == 1 else first.new_zeros
+    if first.dim() == 3 and first.stride(0) == 1:
+        out = new(shape[0], *shape[2:], shape[1]).permute(0, 3, 1, 2)
+    else:
+        out = new(shape)
     for i, x in enumerate(items):
         out[i, ..., :x.shape[-2], :x.shape[-1]] = x
     return out, heights, widths

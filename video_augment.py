@@ -7,10 +7,11 @@ from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF2
 
 from augment import CLSA_OPS, StrongAugment, sample_crop_box
+from gpu_augment import adjust_hue
 
 # A clip arrives as decoded: uint8 [T, C, H, W]. Each transform below draws its random parameters
 # once per clip (torch's RNG, like everything here) and applies them to all frames at once as
-# tensor operations (torchvision's, and faster equivalents of its hue and blur below), so every
+# tensor operations (torchvision's, and faster equivalents of its hue (gpu_augment) and blur), so every
 # frame gets the same crop, flip, jitter and blur. Views leave as float [C, T, H, W] (the layout
 # of networks/resnet3d.py), normalised.
 
@@ -29,20 +30,6 @@ def _to_view(clip, mean, std):
 
 def _coin(p):
     return torch.rand(()).item() < p
-
-
-def adjust_hue(x, factor):
-    """torchvision's adjust_hue (HSV hue rotated by factor of a turn) for float [..., 3, H, W] in
-    [0, 1], in the closed form of HSV -> RGB: 3x faster than torchvision's round trip, same result
-    to 1e-6. Channel n of (5, 3, 1) = max - (max - min) * clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6."""
-    r, g, b = x.unbind(-3)
-    hi, lo = x.amax(-3), x.amin(-3)
-    span = hi - lo
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    h6 = torch.where(hi == r, (g - b) / safe, torch.where(hi == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h6 = torch.remainder(h6 + 6 * factor, 6)
-    return torch.stack([hi - span * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-                        for k in (torch.remainder(n + h6, 6) for n in (5, 3, 1))], -3)
 
 
 def _blur_matrix(n, weights):

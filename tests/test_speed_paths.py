@@ -93,6 +93,9 @@ def test_colour_operations_match_torchvision_and_pil():
         # we weigh red 0.299 as PIL (our CPU pipelines), torchvision's tensor functions 0.2989
         assert torch.allclose(ours(x.clone(), f.view(-1, 1, 1, 1)), want, atol=2e-4)
     hue = torch.linspace(-0.5, 0.5, 6)
+    x[:, :, 0] = 0.5  # grey: no hue
+    x[:, 1, 1], x[:, 2, 2], x[:, 2, 3] = x[:, 0, 1], x[:, 1, 2], x[:, 0, 3]  # two channels equal (ties for the largest)
+    x[:, :, 4] = (x[:, :, 4] * 255).round() / 255  # values of uint8 images
     want = torch.stack([F.adjust_hue(x[i], float(hue[i])) for i in range(6)])
     assert torch.allclose(ga.adjust_hue(x, hue.view(-1, 1, 1, 1)), want, atol=1e-5)
 
