@@ -148,6 +148,32 @@ def test_padding_is_never_read():
     assert torch.equal(a, b)
 
 
+
+def test_decoded_images_are_pils_pixels_and_stay_channels_last(tmp_path, monkeypatch):
+    root = jpeg_folder(tmp_path, [(80, 70), (66, 90), (72, 72)])  # over 64 px: torch's uint8 resize per box
+    data = gl.DecodedFolder(root)
+    for (path, _), (image, _) in zip(data.samples, (data[i] for i in range(len(data)))):
+        assert torch.equal(image, torch.from_numpy(np.array(Image.open(path).convert('RGB'))).permute(2, 0, 1))
+    images = [data[i][0] for i in range(len(data))]
+    padded, h, w = gl.pad(images)
+    assert padded.is_contiguous(memory_format=torch.channels_last)
+    planar, _, _ = gl.pad([x.contiguous() for x in images])
+    assert planar.is_contiguous() and torch.equal(padded, planar)
+    monkeypatch.setattr(ga, 'CACHE_PIXELS', 1)  # one image at a time
+    view = ga.supcon_view(32, MEAN, STD)
+    a = view(padded, gen(), box=gv.crop_boxes_sized(h, w, view.scale, view.ratio, gen()))
+    b = view(planar, gen(), box=gv.crop_boxes_sized(h, w, view.scale, view.ratio, gen()))
+    assert torch.equal(a, b)
+
+
+def test_a_view_does_not_depend_on_the_images_augmented_with_it(monkeypatch):
+    images = torch.stack([as_batch(colour_image(40, seed=s), 1)[0] for s in range(6)])
+    views = []
+    for pixels in (2 ** 20, 16 * 16, 2 * 16 * 16):  # the whole batch at once, one by one, in pairs
+        monkeypatch.setattr(ga, 'CACHE_PIXELS', pixels)
+        views.append(ga.moco_v2_view(16, MEAN, STD)(images, gen()))
+    assert torch.allclose(views[0], views[1], atol=1e-5) and torch.allclose(views[0], views[2], atol=1e-5)
+
 # --- clips ------------------------------------------------------------------------------------------
 
 def clip_batch(n, t=2, size=32):
