@@ -179,7 +179,7 @@ def apply_where(mask, x, op):
         if idx.numel() == 0:
             return x
         if idx.numel() == len(x):  # all of them (BatchView's chunks of one image): nothing to gather
-            return op(x, slice(None))
+            return op(x, slice(None)).contiguous()  # a later op writes into it: not grayscale's expanded view
         x[idx] = op(x[idx], idx)
         return x
     return torch.where(mask.view(-1, 1, 1, 1), op(x, slice(None)), x)

@@ -166,12 +166,15 @@ def test_decoded_images_are_pils_pixels_and_stay_channels_last(tmp_path, monkeyp
     assert torch.equal(a, b)
 
 
-def test_a_view_does_not_depend_on_the_images_augmented_with_it(monkeypatch):
+@pytest.mark.filterwarnings('error')  # e.g. writing into grayscale's expanded view
+@pytest.mark.parametrize('gray_p', [0.2, 1.0])  # 1.0: every image of a chunk grey, then some blurred
+def test_a_view_does_not_depend_on_the_images_augmented_with_it(monkeypatch, gray_p):
     images = torch.stack([as_batch(colour_image(40, seed=s), 1)[0] for s in range(6)])
     views = []
     for pixels in (2 ** 20, 16 * 16, 2 * 16 * 16):  # the whole batch at once, one by one, in pairs
         monkeypatch.setattr(ga, 'CACHE_PIXELS', pixels)
-        views.append(ga.moco_v2_view(16, MEAN, STD)(images, gen()))
+        view = ga.BatchView(16, MEAN, STD, jitter=(0.4, 0.4, 0.4, 0.1), gray_p=gray_p, blur_p=0.5)
+        views.append(view(images, gen()))
     assert torch.allclose(views[0], views[1], atol=1e-5) and torch.allclose(views[0], views[2], atol=1e-5)
 
 # --- clips ------------------------------------------------------------------------------------------
